@@ -1,0 +1,105 @@
+"""Launch choices shared by every kernel: block sizes, index width, accumulator type, dot precision.
+
+This file is the one place where block sizes are chosen. Triton's interpreter (CPU tensors) pays
+per program instance, so there we launch few, large programs; on a GPU we use tiles that fill the
+streaming multiprocessors and keep registers in check.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+INT32_LIMIT = 2**31 - 1
+
+# Triton's tl.dot needs every tile dimension to be at least 16 on a GPU.
+MIN_DOT_TILE = 16
+
+# GPU tile caps for the implicit-GEMM and matmul kernels, as (rows, cols, reduction).
+_GPU_GEMM_TILE = (64, 64, 32)
+# Under the interpreter each tl op costs a fixed Python overhead (about 0.3 ms) plus numpy time per
+# element; on the 2-core CPU a LeNet training step ran fastest with tiles of Triton's largest size
+# (2**20 elements: 1.8 s at batch 64, against 2.3 s with 2**17).
+_INTERPRETER_TILE_ELEMENTS = 1 << 20
+_INTERPRETER_MAX_COLS = 256
+
+# Elements per program for the elementwise-style kernels (pooling, split-K reduction).
+_GPU_ELEMENTWISE_BLOCK = 1024
+_INTERPRETER_ELEMENTWISE_BLOCK = _INTERPRETER_TILE_ELEMENTS
+
+# Split-K target: enough programs to keep every SM busy when the output tile grid is small.
+_GPU_MIN_PROGRAMS = 264
+
+
+# triton.jit picks interpreter or compiler when each kernel is defined, i.e. when this package is
+# imported, so the choice is read once here and stays fixed for the process.
+_INTERPRETING = bool(triton.knobs.runtime.interpret)
+
+
+def interpreting() -> bool:
+    """True when the kernels run through Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return _INTERPRETING
+
+
+def _pow2_tile(extent: int, cap: int) -> int:
+    return max(MIN_DOT_TILE, min(cap, triton.next_power_of_2(max(extent, 1))))
+
+
+def gemm_tile(rows: int, cols: int, reduction: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) for a GEMM of rows x cols reducing over `reduction`."""
+    if not interpreting():
+        return tuple(_pow2_tile(extent, cap) for extent, cap in zip((rows, cols, reduction), _GPU_GEMM_TILE))
+    # Interpreter: the whole reduction in as few steps as the element budget allows, then as many
+    # rows as still fit, so most launches are a handful of programs.
+    block_n = _pow2_tile(cols, _INTERPRETER_MAX_COLS)
+    block_k = _pow2_tile(reduction, _INTERPRETER_TILE_ELEMENTS // max(block_n, MIN_DOT_TILE))
+    block_m = _pow2_tile(rows, _INTERPRETER_TILE_ELEMENTS // max(block_k, block_n))
+    return block_m, block_n, block_k
+
+
+def split_count(tiles: int, reduction: int, block_k: int) -> int:
+    """How many slices to cut a long reduction into, so that small outputs still fill a GPU."""
+    if interpreting():
+        return 1
+    steps = triton.cdiv(reduction, block_k)
+    wanted = triton.cdiv(_GPU_MIN_PROGRAMS, max(tiles, 1))
+    # Each slice keeps at least 4 reduction steps, so partial sums stay worth their bytes.
+    return max(1, min(wanted, steps // 4))
+
+
+def elementwise_block(numel: int) -> int:
+    cap = _INTERPRETER_ELEMENTWISE_BLOCK if interpreting() else _GPU_ELEMENTWISE_BLOCK
+    return min(cap, triton.next_power_of_2(max(numel, 1)))
+
+
+def index_dtype(*tensors: torch.Tensor, extra: int = 0):
+    """tl.int64 when some element offset (or `extra`, a row count) can pass 2**31 - 1, else tl.int32.
+
+    The interpreter always gets tl.int64: it checks every int32 add and mul for overflow through
+    int64 temporaries (several numpy passes per op), and skips that check for int64.
+    """
+    if interpreting():
+        return tl.int64
+    largest = extra
+    for t in tensors:
+        if t is not None and t.numel() > 0:
+            span = t.storage_offset() + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+            largest = max(largest, span, t.numel())
+    return tl.int64 if largest > INT32_LIMIT else tl.int32
+
+
+_ACCUMULATOR = {torch.float64: tl.float64}
+
+
+def accumulator_dtype(dtype: torch.dtype):
+    """Sums run in float32, or float64 for float64 inputs (so gradcheck sees float64 arithmetic)."""
+    return _ACCUMULATOR.get(dtype, tl.float32)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """The tl.dot input precision, following torch's own switch so both sides use one precision.
+
+    float32 operands use TF32 only when torch.backends.cuda.matmul.allow_tf32 is on (off by default).
+    """
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"

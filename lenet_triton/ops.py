@@ -1,0 +1,435 @@
+"""The public functional API: conv2d, max_pool2d and linear, drop-in for torch.nn.functional.
+
+Each public function checks its arguments (a clear ValueError/TypeError/NotImplementedError
+naming the argument), normalizes them, and calls a torch.library custom op in the `lenet_triton`
+namespace. Every custom op has a fake (meta) implementation, and the forward ops have autograd
+formulas that call the backward custom ops, so the ops compose with autograd, torch.compile
+(fullgraph) and torch.export. All arithmetic runs in the Triton kernels of lenet_triton.kernels.
+"""
+
+from collections.abc import Sequence
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from .kernels import config
+from .kernels.conv import conv2d_forward, conv2d_grad_input, conv2d_grad_weight
+from .kernels.linear import linear_forward, linear_grad_input, linear_grad_weight
+from .kernels.pool import max_pool2d_backward, max_pool2d_forward
+
+__all__ = ["conv2d", "max_pool2d", "linear", "ACTIVATIONS", "SUPPORTED_DTYPES"]
+
+ACTIVATIONS = (None, "relu")
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+IntOrPair = Union[int, Sequence[int]]
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks
+# --------------------------------------------------------------------------------------------
+
+def _pair(op: str, name: str, value, *, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints -> (h, w), each at least `minimum`."""
+    items = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}") from None
+    if len(items) == 1:
+        items = items * 2
+    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(items) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return items
+
+
+def _check_tensors(op: str, **tensors: Optional[Tensor]) -> None:
+    """Every given tensor is a floating tensor of one supported dtype, on one device the kernels run on."""
+    given = {name: t for name, t in tensors.items() if t is not None}
+    for name, t in given.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype}; expected one of "
+                            f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+    (first_name, first), *rest = given.items()
+    for name, t in rest:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
+                            "cast them to one dtype")
+        if t.device != first.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}; "
+                             "move them to one device")
+    _check_device(op, first_name, first)
+
+
+def _check_device(op: str, name: str, t: Tensor) -> None:
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu":
+        if t.dtype == torch.bfloat16:
+            raise NotImplementedError(
+                f"{op}: {name} is a bfloat16 CPU tensor; Triton's interpreter computes bfloat16 wrongly, so "
+                "bfloat16 runs on cuda only. Use float32 (or float16/float64) on the CPU.")
+        if not config.interpreting():
+            raise NotImplementedError(
+                f"{op}: {name} is a CPU tensor, but Triton's interpreter is off in this process (a CUDA "
+                "device was found). Move the tensors to cuda, or set TRITON_INTERPRET=1 before importing "
+                "lenet_triton to run the kernels on the CPU.")
+        return
+    if t.device.type != "meta":
+        raise NotImplementedError(f"{op}: {name} is on {t.device}; the Triton kernels run on cuda, or on cpu "
+                                  "through Triton's interpreter")
+
+
+def _check_ndim(op: str, name: str, t: Tensor, allowed: tuple[int, ...], meaning: str) -> None:
+    if t.dim() not in allowed:
+        raise ValueError(f"{op}: {name} must be {meaning}, got a {t.dim()}-D tensor of shape {tuple(t.shape)}")
+
+
+def _check_activation(op: str, activation) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
+
+
+def _output_format(x: Tensor) -> torch.memory_format:
+    """The layout torch gives a conv/pool output: channels_last in, channels_last out."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _empty_like_layout(x: Tensor, shape, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """An uninitialized 4-D tensor of `shape` on x's device, laid out as torch lays out x's conv/pool outputs."""
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=_output_format(x))
+
+
+# --------------------------------------------------------------------------------------------
+# conv2d
+# --------------------------------------------------------------------------------------------
+
+def _conv_output_size(size: int, pad_begin: int, pad_end: int, kernel: int, stride: int, dilation: int) -> int:
+    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _conv_output_shape(x: Tensor, weight: Tensor, stride, pads, dilation) -> list[int]:
+    return [x.shape[0], weight.shape[0],
+            _conv_output_size(x.shape[2], pads[0], pads[2], weight.shape[2], stride[0], dilation[0]),
+            _conv_output_size(x.shape[3], pads[1], pads[3], weight.shape[3], stride[1], dilation[1])]
+
+
+@torch.library.custom_op("lenet_triton::conv2d", mutates_args=())
+def _conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], pads: Sequence[int],
+            dilation: Sequence[int], groups: int, relu: bool) -> Tensor:
+    """conv2d on a 4-D input; pads = (top, left, bottom, right), as ONNX orders them."""
+    y = _empty_like_layout(x, _conv_output_shape(x, weight, stride, pads, dilation))
+    if y.numel() > 0:
+        conv2d_forward(x, weight, bias, y, stride, pads, dilation, groups, relu)
+    return y
+
+
+@_conv2d.register_fake
+def _(x, weight, bias, stride, pads, dilation, groups, relu):
+    return _empty_like_layout(x, _conv_output_shape(x, weight, stride, pads, dilation))
+
+
+@torch.library.custom_op("lenet_triton::conv2d_grad_input", mutates_args=())
+def _conv2d_grad_input(grad_y: Tensor, y: Optional[Tensor], x: Tensor, weight: Tensor, stride: Sequence[int],
+                       pads: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
+    """Gradient of conv2d with respect to x (used for its shape and layout only); y given = fused ReLU."""
+    dx = _empty_like_layout(x, x.shape)
+    if dx.numel() > 0:
+        conv2d_grad_input(grad_y, y, weight, dx, stride, pads, dilation, groups, gate_relu=y is not None)
+    return dx
+
+
+@_conv2d_grad_input.register_fake
+def _(grad_y, y, x, weight, stride, pads, dilation, groups):
+    return _empty_like_layout(x, x.shape)
+
+
+@torch.library.custom_op("lenet_triton::conv2d_grad_weight", mutates_args=())
+def _conv2d_grad_weight(grad_y: Tensor, y: Optional[Tensor], x: Tensor, weight: Tensor, stride: Sequence[int],
+                        pads: Sequence[int], dilation: Sequence[int], groups: int) -> tuple[Tensor, Tensor]:
+    """Gradients of conv2d with respect to the weight and the bias; y given = fused ReLU."""
+    dw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+    db = weight.new_empty(weight.shape[0])
+    if grad_y.numel() == 0:
+        return dw.zero_(), db.zero_()
+    conv2d_grad_weight(grad_y, y, x, dw, db, stride, pads, dilation, groups, gate_relu=y is not None)
+    return dw, db
+
+
+@_conv2d_grad_weight.register_fake
+def _(grad_y, y, x, weight, stride, pads, dilation, groups):
+    return torch.empty(weight.shape, dtype=weight.dtype, device=weight.device), weight.new_empty(weight.shape[0])
+
+
+def _conv2d_setup_context(ctx, inputs, output):
+    x, weight, bias, stride, pads, dilation, groups, relu = inputs
+    ctx.save_for_backward(x, weight, output if relu else None)
+    ctx.geometry = (stride, pads, dilation, groups)
+    ctx.has_bias = bias is not None
+
+
+def _conv2d_backward(ctx, grad_y):
+    x, weight, y = ctx.saved_tensors
+    dx = dw = db = None
+    if ctx.needs_input_grad[0]:
+        dx = _conv2d_grad_input(grad_y, y, x, weight, *ctx.geometry)
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        dw, db = _conv2d_grad_weight(grad_y, y, x, weight, *ctx.geometry)
+    return dx, dw, db if ctx.has_bias else None, None, None, None, None, None
+
+
+_conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
+
+
+def _conv_padding(op: str, padding, kernel, stride, dilation) -> tuple[int, int, int, int]:
+    """padding (int, pair, 'same' or 'valid') -> (top, left, bottom, right)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding != "same":
+            raise ValueError(f"{op}: padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
+        if stride != (1, 1):
+            raise ValueError(f"{op}: padding='same' needs stride 1 (as in torch), got stride {stride}")
+        # torch puts the extra cell of an odd total padding at the bottom/right.
+        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        return total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2
+    ph, pw = _pair(op, "padding", padding, minimum=0)
+    return ph, pw, ph, pw
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrPair = 1,
+           padding: Union[IntOrPair, str] = 0, dilation: IntOrPair = 1, groups: int = 1,
+           activation: Optional[str] = None) -> Tensor:
+    """torch.nn.functional.conv2d on Triton kernels; activation='relu' fuses a ReLU into the epilogue.
+
+    input (N, C_in, H, W) or unbatched (C_in, H, W); weight (C_out, C_in / groups, kH, kW);
+    bias (C_out,) or None.
+    """
+    op = "conv2d"
+    _check_tensors(op, input=input, weight=weight, bias=bias)
+    _check_ndim(op, "input", input, (3, 4), "3-D (C, H, W) or 4-D (N, C, H, W)")
+    _check_ndim(op, "weight", weight, (4,), "4-D (C_out, C_in / groups, kH, kW)")
+    _check_activation(op, activation)
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    stride = _pair(op, "stride", stride, minimum=1)
+    dilation = _pair(op, "dilation", dilation, minimum=1)
+    c_out, c_in_per_group, kh, kw = weight.shape
+    if kh < 1 or kw < 1 or c_out < 1 or c_in_per_group < 1:
+        raise ValueError(f"{op}: weight must have every dimension >= 1, got shape {tuple(weight.shape)}")
+    pads = _conv_padding(op, padding, (kh, kw), stride, dilation)
+    c_in = input.shape[-3]
+    if c_in % groups != 0 or c_out % groups != 0:
+        raise ValueError(f"{op}: groups={groups} must divide both the input channels ({c_in}) and the "
+                         f"output channels ({c_out})")
+    if c_in_per_group * groups != c_in:
+        raise ValueError(f"{op}: input has {c_in} channels, but weight of shape {tuple(weight.shape)} with "
+                         f"groups={groups} expects {c_in_per_group * groups}")
+    if bias is not None and tuple(bias.shape) != (c_out,):
+        raise ValueError(f"{op}: bias must have shape ({c_out},), got {tuple(bias.shape)}")
+    for axis, size, k, d, before, after in (("height", input.shape[-2], kh, dilation[0], pads[0], pads[2]),
+                                           ("width", input.shape[-1], kw, dilation[1], pads[1], pads[3])):
+        if d * (k - 1) + 1 > size + before + after:
+            raise ValueError(f"{op}: the (dilated) kernel {axis} {d * (k - 1) + 1} is larger than the padded "
+                             f"input {axis} {size + before + after}")
+    batched = input.dim() == 4
+    y = _conv2d(input if batched else input.unsqueeze(0), weight, bias, stride, pads, dilation, groups,
+                activation == "relu")
+    return y if batched else y.squeeze(0)
+
+
+# --------------------------------------------------------------------------------------------
+# max_pool2d
+# --------------------------------------------------------------------------------------------
+
+def _pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    """torch's pooling_output_shape: with ceil_mode the last window must start inside the input."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _pool_output_shape(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode) -> list[int]:
+    return [*x.shape[:2]] + [_pool_output_size(x.shape[2 + a], kernel_size[a], stride[a], padding[a], dilation[a],
+                                               ceil_mode) for a in range(2)]
+
+
+@torch.library.custom_op("lenet_triton::max_pool2d", mutates_args=())
+def _max_pool2d(x: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                dilation: Sequence[int], ceil_mode: bool) -> tuple[Tensor, Tensor]:
+    """max_pool2d on a 4-D input: (values, int64 indices into each H*W plane)."""
+    shape = _pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
+    y = _empty_like_layout(x, shape)
+    indices = _empty_like_layout(x, shape, torch.int64)
+    if y.numel() > 0:
+        max_pool2d_forward(x, y, indices, kernel_size, stride, padding, dilation)
+    return y, indices
+
+
+@_max_pool2d.register_fake
+def _(x, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = _pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
+    return _empty_like_layout(x, shape), _empty_like_layout(x, shape, torch.int64)
+
+
+@torch.library.custom_op("lenet_triton::max_pool2d_backward", mutates_args=())
+def _max_pool2d_backward(grad_y: Tensor, indices: Tensor, x: Tensor, kernel_size: Sequence[int],
+                         stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> Tensor:
+    """Routes grad_y to the positions in indices; x gives the gradient's shape and layout only."""
+    dx = _empty_like_layout(x, x.shape)
+    if dx.numel() > 0:
+        max_pool2d_backward(grad_y, indices, dx, kernel_size, stride, padding, dilation)
+    return dx
+
+
+@_max_pool2d_backward.register_fake
+def _(grad_y, indices, x, kernel_size, stride, padding, dilation):
+    return _empty_like_layout(x, x.shape)
+
+
+def _max_pool2d_setup_context(ctx, inputs, output):
+    x, kernel_size, stride, padding, dilation, _ = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(x, output[1])
+    ctx.geometry = (kernel_size, stride, padding, dilation)
+
+
+def _max_pool2d_backward_formula(ctx, grad_y, _grad_indices):
+    x, indices = ctx.saved_tensors
+    return _max_pool2d_backward(grad_y, indices, x, *ctx.geometry), None, None, None, None, None
+
+
+_max_pool2d.register_autograd(_max_pool2d_backward_formula, setup_context=_max_pool2d_setup_context)
+
+
+def max_pool2d(input: Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
+               dilation: IntOrPair = 1, ceil_mode: bool = False, return_indices: bool = False):
+    """torch.nn.functional.max_pool2d on Triton kernels, indices identical to torch's.
+
+    input (N, C, H, W) or unbatched (C, H, W). stride None (or empty) means stride = kernel_size.
+    """
+    op = "max_pool2d"
+    _check_tensors(op, input=input)
+    _check_ndim(op, "input", input, (3, 4), "3-D (C, H, W) or 4-D (N, C, H, W)")
+    kernel_size = _pair(op, "kernel_size", kernel_size, minimum=1)
+    stride = kernel_size if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
+        else _pair(op, "stride", stride, minimum=1)
+    padding = _pair(op, "padding", padding, minimum=0)
+    dilation = _pair(op, "dilation", dilation, minimum=1)
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"{op}: ceil_mode must be a bool, got {ceil_mode!r}")
+    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel_size} (as in torch)")
+    for axis, a in (("height", 0), ("width", 1)):
+        size = input.shape[-2 + a]
+        out = _pool_output_size(size, kernel_size[a], stride[a], padding[a], dilation[a], ceil_mode)
+        if out < 1:
+            raise ValueError(f"{op}: the (dilated) kernel {axis} {dilation[a] * (kernel_size[a] - 1) + 1} is larger "
+                             f"than the padded input {axis} {size + 2 * padding[a]}")
+    batched = input.dim() == 4
+    y, indices = _max_pool2d(input if batched else input.unsqueeze(0), kernel_size, stride, padding, dilation,
+                             ceil_mode)
+    if not batched:
+        y, indices = y.squeeze(0), indices.squeeze(0)
+    return (y, indices) if return_indices else y
+
+
+# --------------------------------------------------------------------------------------------
+# linear
+# --------------------------------------------------------------------------------------------
+
+def _rows(t: Tensor) -> Tensor:
+    """Any leading dims flattened into one: (..., K) -> (M, K); a view when the strides allow."""
+    return t.reshape(-1, t.shape[-1])
+
+
+@torch.library.custom_op("lenet_triton::linear", mutates_args=())
+def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool) -> Tensor:
+    """linear over the last dim of x (any leading dims), ReLU fused when relu."""
+    y = x.new_empty((*x.shape[:-1], weight.shape[0]))
+    if y.numel() > 0:
+        linear_forward(_rows(x), weight, bias, y.view(-1, weight.shape[0]), relu)
+    return y
+
+
+@_linear.register_fake
+def _(x, weight, bias, relu):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("lenet_triton::linear_grad_input", mutates_args=())
+def _linear_grad_input(grad_y: Tensor, y: Optional[Tensor], weight: Tensor) -> Tensor:
+    """Gradient of linear with respect to its input; y given = fused ReLU."""
+    dx = grad_y.new_empty((*grad_y.shape[:-1], weight.shape[1]))
+    if dx.numel() > 0:
+        linear_grad_input(_rows(grad_y), None if y is None else _rows(y), weight, dx.view(-1, weight.shape[1]),
+                          gate_relu=y is not None)
+    return dx
+
+
+@_linear_grad_input.register_fake
+def _(grad_y, y, weight):
+    return grad_y.new_empty((*grad_y.shape[:-1], weight.shape[1]))
+
+
+@torch.library.custom_op("lenet_triton::linear_grad_weight", mutates_args=())
+def _linear_grad_weight(grad_y: Tensor, y: Optional[Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of linear with respect to the weight and the bias; y given = fused ReLU."""
+    dw = x.new_empty((grad_y.shape[-1], x.shape[-1]))
+    db = x.new_empty(grad_y.shape[-1])
+    if grad_y.numel() == 0 or dw.numel() == 0:
+        return dw.zero_(), db.zero_()
+    linear_grad_weight(_rows(grad_y), None if y is None else _rows(y), _rows(x), dw, db, gate_relu=y is not None)
+    return dw, db
+
+
+@_linear_grad_weight.register_fake
+def _(grad_y, y, x):
+    return x.new_empty((grad_y.shape[-1], x.shape[-1])), x.new_empty(grad_y.shape[-1])
+
+
+def _linear_setup_context(ctx, inputs, output):
+    x, weight, bias, relu = inputs
+    ctx.save_for_backward(x, weight, output if relu else None)
+    ctx.has_bias = bias is not None
+
+
+def _linear_backward(ctx, grad_y):
+    x, weight, y = ctx.saved_tensors
+    dx = dw = db = None
+    if ctx.needs_input_grad[0]:
+        dx = _linear_grad_input(grad_y, y, weight)
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        dw, db = _linear_grad_weight(grad_y, y, x)
+    return dx, dw, db if ctx.has_bias else None, None
+
+
+_linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+
+
+def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: Optional[str] = None) -> Tensor:
+    """torch.nn.functional.linear on Triton kernels; activation='relu' fuses a ReLU into the epilogue.
+
+    input (..., in_features) with any leading dims; weight (out_features, in_features); bias (out_features,).
+    """
+    op = "linear"
+    _check_tensors(op, input=input, weight=weight, bias=bias)
+    _check_ndim(op, "weight", weight, (2,), "2-D (out_features, in_features)")
+    _check_activation(op, activation)
+    if input.dim() < 1:
+        raise ValueError(f"{op}: input must have at least 1 dimension (..., in_features), got a 0-D tensor")
+    if input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{op}: input has {input.shape[-1]} features in its last dim, but weight of shape "
+                         f"{tuple(weight.shape)} expects {weight.shape[1]}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    return _linear(input, weight, bias, activation == "relu")
