@@ -1,0 +1,45 @@
+"""Tolerances per dtype and a comparison that reports the worst mismatch.
+
+One table serves the tests, the benchmark's correctness gate and the training convergence check.
+The bounds are for a Triton result against torch on the same inputs: the two sum in different
+orders, so float32 differs by a few ulps of the largest partial sum, and half types by far more.
+"""
+
+import torch
+
+# dtype -> (atol, rtol)
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-7),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+}
+
+# With TF32 matmuls (torch.backends.cuda.matmul.allow_tf32) float32 keeps only a 10-bit mantissa.
+TF32_TOLERANCE = (5e-3, 5e-3)
+
+
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return TF32_TOLERANCE
+    return TOLERANCES[dtype]
+
+
+def worst_mismatch(actual: torch.Tensor, expected: torch.Tensor) -> str:
+    """Where |actual - expected| is largest, with both values, as one line."""
+    if actual.numel() == 0:
+        return "empty tensors"
+    diff = (actual.double() - expected.double()).abs()
+    diff = torch.where(torch.isnan(actual.double()) == torch.isnan(expected.double()),
+                       diff.nan_to_num(nan=0.0), torch.full_like(diff, float("inf")))
+    flat = int(diff.argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape)) if diff.dim() else ()
+    return (f"worst mismatch {diff.flatten()[flat].item():.3e} at {index}: "
+            f"got {actual.flatten()[flat].item():.8g}, expected {expected.flatten()[flat].item():.8g}")
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str = "tensor", dtype=None) -> None:
+    """torch.testing.assert_close with this project's per-dtype tolerance and the worst mismatch in the message."""
+    atol, rtol = tolerance(dtype or expected.dtype)
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, equal_nan=True,
+                               msg=lambda default: f"{name}: {worst_mismatch(actual, expected)}\n{default}")

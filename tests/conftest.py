@@ -1,0 +1,71 @@
+"""Shared helpers: the device under test, input factories, and a forward+gradient comparison with torch."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+import lenet_triton  # noqa: F401  (selects Triton's interpreter when there is no CUDA device)
+from lenet_triton.kernels.config import interpreting
+from lenet_triton.testing import assert_close
+
+# On a machine with CUDA the kernels are compiled for it; otherwise they run on CPU tensors through
+# Triton's interpreter. Either way the same kernel code is under test.
+DEVICE = "cpu" if interpreting() else "cuda"
+
+# float64 makes gradcheck possible; float16 runs under the interpreter too; bfloat16 only on a GPU.
+DTYPES = [torch.float32, torch.float64, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+
+# The interpreter costs a fraction of a second per launch: keep property-based runs short but real.
+settings.register_profile("lenet", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("lenet")
+
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+
+
+def make(shape, dtype=torch.float32, layout="contiguous", requires_grad=False, scale=1.0):
+    """Random normal data (never zeros) in the requested memory layout.
+
+    'strided' is a view that skips every other element of the last dim of a wider tensor, so no
+    dimension is contiguous; 'channels_last' needs a 4-D shape.
+    """
+    if layout == "strided":
+        wide = torch.randn(*shape[:-1], 2 * shape[-1], device=DEVICE, dtype=torch.float64) * scale
+        t = wide.to(dtype)[..., ::2]
+    else:
+        t = (torch.randn(*shape, device=DEVICE, dtype=torch.float64) * scale).to(dtype)
+        if layout == "channels_last":
+            t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_(requires_grad)
+
+
+def check_against_torch(ours, reference, tensors, *, name, out_index=None):
+    """Runs ours(*tensors) and reference(*float64 copies); compares outputs and every input gradient.
+
+    Gradients flow from the same random upstream gradient. Tolerances come from the dtype of the
+    first tensor (lenet_triton.testing.TOLERANCES); failures name the value and its worst mismatch.
+    Returns our output.
+    """
+    dtype = tensors[0].dtype
+    ref_inputs = [None if t is None else t.detach().double().requires_grad_(t.requires_grad) for t in tensors]
+    out = ours(*tensors)
+    ref = reference(*ref_inputs)
+    if out_index is not None:
+        out, ref = out[out_index], ref[out_index]
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != torch's {tuple(ref.shape)}"
+    assert out.dtype == dtype, f"{name}: dtype {out.dtype} != {dtype}"
+    assert_close(out.double(), ref, f"{name} output", dtype=dtype)
+    wanted = [i for i, t in enumerate(tensors) if t is not None and t.requires_grad]
+    if wanted and out.numel() > 0:
+        upstream = torch.randn(ref.shape, dtype=torch.float64, device=ref.device)
+        grads = torch.autograd.grad(out, [tensors[i] for i in wanted], upstream.to(dtype))
+        ref_grads = torch.autograd.grad(ref, [ref_inputs[i] for i in wanted], upstream)
+        for i, got, expected in zip(wanted, grads, ref_grads):
+            assert got.shape == expected.shape, f"{name} grad of input {i}: shape {tuple(got.shape)}"
+            assert_close(got.double(), expected, f"{name} grad of input {i}", dtype=dtype)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

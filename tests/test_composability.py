@@ -1,0 +1,73 @@
+"""The ops as torch.library custom ops: opcheck, torch.compile(fullgraph=True) and torch.export."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lenet_triton import ops
+from lenet_triton.testing import assert_close
+from conftest import make
+
+
+def _lenet_like(x, w1, b1, w2, b2):
+    h = ops.max_pool2d(ops.conv2d(x, w1, b1, padding=1, activation="relu"), 2)
+    return ops.linear(h.flatten(1), w2, b2, activation="relu")
+
+
+def _params():
+    x = make((3, 2, 8, 8), requires_grad=True)
+    w1 = make((4, 2, 3, 3), requires_grad=True, scale=0.3)
+    b1 = make((4,), requires_grad=True)
+    w2 = make((5, 64), requires_grad=True, scale=0.2)
+    b2 = make((5,), requires_grad=True)
+    return [x, w1, b1, w2, b2]
+
+
+@pytest.mark.parametrize("op, args", [
+    ("conv2d", lambda: (make((2, 3, 6, 5)), make((4, 3, 3, 2)), make((4,)), [1, 2], [1, 0, 1, 0], [1, 1], 1, True)),
+    ("max_pool2d", lambda: (make((2, 3, 7, 6)), [3, 2], [2, 1], [1, 1], [1, 1], True)),
+    ("linear", lambda: (make((2, 3, 7)), make((5, 7)), make((5,)), True)),
+])
+def test_opcheck(op, args):
+    """torch.library.opcheck: schema, fake tensor, autograd registration and dispatch are consistent."""
+    inputs = [t.requires_grad_() if isinstance(t, torch.Tensor) and t.dtype.is_floating_point else t for t in args()]
+    torch.library.opcheck(getattr(torch.ops.lenet_triton, op).default, inputs,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_matches_eager_with_gradients():
+    torch._dynamo.reset()
+    params = _params()
+    upstream = torch.randn(3, 5, device=params[0].device)
+    eager = _lenet_like(*params)
+    eager_grads = torch.autograd.grad(eager, params, upstream)
+    compiled = torch.compile(_lenet_like, fullgraph=True)(*params)  # fullgraph: any graph break raises
+    compiled_grads = torch.autograd.grad(compiled, params, upstream)
+    assert_close(compiled, eager, "compiled output")
+    for i, (got, expected) in enumerate(zip(compiled_grads, eager_grads)):
+        assert_close(got, expected, f"compiled grad {i}")
+
+
+def test_compile_keeps_ops_opaque_without_graph_breaks():
+    torch._dynamo.reset()
+    params = [p.detach() for p in _params()]
+    explanation = torch._dynamo.explain(_lenet_like)(*params)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    targets = {str(node.target) for graph in explanation.graphs for node in graph.graph.nodes}
+    assert {"lenet_triton.conv2d.default", "lenet_triton.max_pool2d.default", "lenet_triton.linear.default"} <= targets
+
+
+def test_torch_export_runs_and_matches():
+    x, w1, b1, w2, b2 = [p.detach() for p in _params()]
+
+    class Small(torch.nn.Module):
+        def forward(self, x):
+            return _lenet_like(x, w1, b1, w2, b2)
+
+    program = torch.export.export(Small(), (x,))
+    called = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert "lenet_triton.conv2d.default" in called and "lenet_triton.linear.default" in called
+    assert_close(program.module()(x), Small()(x), "exported program output")
+    reference = F.relu(F.linear(F.max_pool2d(F.relu(F.conv2d(x, w1, b1, padding=1)), 2).flatten(1), w2, b2))
+    assert_close(program.module()(x), reference, "exported program vs torch")
