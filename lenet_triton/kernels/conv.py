@@ -22,7 +22,7 @@ from . import config
 from .reduce import sum_partials
 
 # A coordinate that fails every bounds test; masks rows and taps past the end for free.
-OUTSIDE: tl.constexpr = -(1 << 29)
+OUTSIDE = tl.constexpr(-(1 << 29))
 
 
 @triton.jit
