@@ -5,7 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test bench clean
+.PHONY: setup test bench train clean
+
+TRAIN_DIR := runs/default
 
 setup: $(SETUP_STAMP)
 
@@ -16,6 +18,14 @@ $(SETUP_STAMP): requirements.txt pyproject.toml
 
 test: $(SETUP_STAMP)
 	$(PY) -m pytest tests
+
+# The default training run: embedded digits, Triton backend; writes $(TRAIN_DIR)/checkpoint.pt,
+# metrics.json and curves.png. TRAIN_ARGS adds options, e.g. make train TRAIN_ARGS="--epochs 2".
+train: $(SETUP_STAMP)
+	$(PY) -m lenet_triton.train --out-dir $(TRAIN_DIR) $(TRAIN_ARGS)
+
+$(TRAIN_DIR)/checkpoint.pt: | $(SETUP_STAMP)
+	$(MAKE) train
 
 bench: $(SETUP_STAMP)
 	@echo "make bench: not built yet (the benchmark suite lands with the benchmark issue)."

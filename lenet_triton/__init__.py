@@ -11,7 +11,8 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 from . import ops  # noqa: E402
+from .model import LeNet  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "__version__"]
+__all__ = ["LeNet", "ops", "__version__"]

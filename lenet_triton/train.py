@@ -1,0 +1,208 @@
+"""Train LeNet on real data: python -m lenet_triton.train [options] (or `make train`).
+
+Writes into --out-dir, each file atomically: checkpoint.pt (a plain state_dict the tutorial's Net
+loads), metrics.json (per-epoch losses, accuracy and seconds, plus backend, device and versions)
+and curves.png. The defaults reach >= 95% test accuracy on the embedded digits data.
+"""
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import __version__, data
+from .files import atomic_path, write_json
+from .kernels.config import interpreting
+from .model import LeNet
+from .nn import BACKENDS
+
+OPTIMIZERS = ("adam", "sgd")
+EVAL_BATCH_SIZE = 1024
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lenet_triton.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--backend", choices=BACKENDS, default="triton", help="kernels behind the model")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3, help="learning rate")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="adam, or sgd with --momentum")
+    parser.add_argument("--momentum", type=float, default=0.9, help="momentum for --optimizer sgd")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the batch order")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda or cuda:N")
+    parser.add_argument("--dataset", choices=data.DATASETS, default="digits",
+                        help="digits: embedded scikit-learn digits; mnist: IDX files in --data-dir")
+    parser.add_argument("--data-dir", type=Path, default=None, help="directory of the MNIST IDX files (.gz or raw)")
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/default"))
+    return parser
+
+
+def resolve_device(requested: str, backend: str) -> torch.device:
+    """The torch device for --device, or a ValueError that says why it can't be used."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device: {requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device: cuda was asked for, but this machine has no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device: {device} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    elif device.type == "cpu":
+        if backend == "triton" and not interpreting():
+            raise ValueError("--device cpu with --backend triton needs Triton's interpreter: set TRITON_INTERPRET=1")
+    else:
+        raise ValueError(f"--device: {device.type} is not supported; use cpu or cuda")
+    return device
+
+
+def check_args(args) -> None:
+    """Refuses bad options before any work, naming the option."""
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.momentum < 1:
+        raise ValueError(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.dataset == "mnist" and args.data_dir is None:
+        raise ValueError("--dataset mnist needs --data-dir, the directory of the IDX files")
+    if args.dataset == "digits" and args.data_dir is not None:
+        raise ValueError("--data-dir is only read with --dataset mnist")
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise ValueError(f"--out-dir {str(args.out_dir)!r} exists and is not a directory")
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def batches(split: data.Split, batch_size: int, generator: torch.Generator = None):
+    """(images, labels) batches, shuffled by `generator` when one is given."""
+    order = torch.randperm(len(split), generator=generator) if generator is not None else torch.arange(len(split))
+    for start in range(0, len(split), batch_size):
+        index = order[start:start + batch_size]
+        yield split.images[index], split.labels[index]
+
+
+def train_step(model, optimizer, images, labels) -> torch.Tensor:
+    """One step: forward, cross-entropy loss, backward, optimizer step. Returns the loss (detached)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(model, split: data.Split, device) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over a split."""
+    total_loss, correct = 0.0, 0
+    for images, labels in batches(split, EVAL_BATCH_SIZE):
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+    return total_loss / len(split), correct / len(split)
+
+
+def versions() -> dict:
+    import numpy
+    import triton
+    return {"lenet_triton": __version__, "torch": torch.__version__, "triton": triton.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def plot_curves(path: Path, epochs: list) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [e["epoch"] for e in epochs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(x, [e["train_loss"] for e in epochs], marker="o", label="train")
+    left.plot(x, [e["test_loss"] for e in epochs], marker="o", label="test")
+    left.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    left.legend()
+    right.plot(x, [100 * e["test_accuracy"] for e in epochs], marker="o", color="tab:green")
+    right.set(xlabel="epoch", ylabel="%", title="test accuracy")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def train(args) -> dict:
+    """Runs a whole training job as described by parsed arguments; returns the metrics it wrote."""
+    check_args(args)
+    device = resolve_device(args.device, args.backend)
+    train_split, test_split = data.load(args.dataset, args.data_dir)
+    torch.manual_seed(args.seed)
+    model = LeNet(in_channels=train_split.images.shape[1], backend=args.backend).to(device)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
+    shuffle = torch.Generator().manual_seed(args.seed)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    mode = " (Triton interpreter)" if args.backend == "triton" and device.type == "cpu" else ""
+    print(f"training LeNet, backend {args.backend}{mode}, on {device_name(device)}: {args.dataset} "
+          f"({len(train_split)} train / {len(test_split)} test images), {args.epochs} epochs", flush=True)
+    metrics = {"backend": args.backend, "device": str(device), "device_name": device_name(device),
+               "interpreter": mode != "", "dataset": args.dataset, "versions": versions(),
+               "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "epochs": []}
+    started = time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        loss_sum, seen = 0.0, 0
+        steps = (len(train_split) + args.batch_size - 1) // args.batch_size
+        with tqdm(batches(train_split, args.batch_size, shuffle), total=steps, desc=f"epoch {epoch}/{args.epochs}",
+                  unit="step", mininterval=1.0, file=sys.stderr) as progress:
+            for images, labels in progress:
+                loss = train_step(model, optimizer, images.to(device), labels.to(device)).item()
+                loss_sum, seen = loss_sum + loss * len(labels), seen + len(labels)
+                progress.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
+        model.eval()
+        test_loss, test_accuracy = evaluate(model, test_split, device)
+        metrics["epochs"].append({"epoch": epoch, "train_loss": loss_sum / seen, "test_loss": test_loss,
+                                  "test_accuracy": test_accuracy, "seconds": time.perf_counter() - epoch_start})
+        print(f"epoch {epoch}: train loss {loss_sum / seen:.4f}, test loss {test_loss:.4f}, "
+              f"test accuracy {100 * test_accuracy:.2f}%, {metrics['epochs'][-1]['seconds']:.1f} s", flush=True)
+    metrics["total_seconds"] = time.perf_counter() - started
+    metrics["final_test_accuracy"] = metrics["epochs"][-1]["test_accuracy"]
+    with atomic_path(args.out_dir / "checkpoint.pt") as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    write_json(args.out_dir / "metrics.json", metrics)
+    plot_curves(args.out_dir / "curves.png", metrics["epochs"])
+    print(f"wrote {args.out_dir / 'checkpoint.pt'}, metrics.json and curves.png "
+          f"({metrics['total_seconds']:.0f} s in all)", flush=True)
+    return metrics
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        train(args)
+    except (ValueError, data.DataError) as error:
+        parser.error(str(error))  # exits with status 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Training: the triton and torch backends agree step by step, the CLI writes its files, bad options fail early."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lenet_triton import LeNet, data, train
+from lenet_triton.testing import TOLERANCES
+from conftest import DEVICE
+from test_model import TutorialNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Step-by-step loss agreement between backends: float32 kernels sum in a different order than
+# torch, so each loss may differ by the float32 tolerance; five steps do not amplify that visibly.
+CONVERGENCE_STEPS = 5
+LOSS_ATOL, LOSS_RTOL = TOLERANCES[torch.float32]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_backends_give_the_same_losses_step_by_step(optimizer):
+    train_split, _ = data.load("digits")
+    losses = {}
+    for backend in ("triton", "torch"):
+        torch.manual_seed(0)
+        model = LeNet(backend=backend).to(DEVICE)
+        opt = train.make_optimizer(optimizer, model.parameters(), lr=0.01 if optimizer == "sgd" else 1e-3,
+                                   momentum=0.9)
+        shuffle = torch.Generator().manual_seed(0)
+        steps = zip(range(CONVERGENCE_STEPS), train.batches(train_split, 32, shuffle))
+        losses[backend] = torch.stack([train.train_step(model, opt, x.to(DEVICE), y.to(DEVICE)) for _, (x, y) in steps])
+    print("triton", losses["triton"].tolist(), "\ntorch ", losses["torch"].tolist())
+    assert len(set(losses["triton"].tolist())) == CONVERGENCE_STEPS, "each step should change the model"
+    torch.testing.assert_close(losses["triton"], losses["torch"], atol=LOSS_ATOL, rtol=LOSS_RTOL)
+
+
+def _small_digits(count=96):
+    train_split, test_split = data.load_digits()
+    return (data.Split(train_split.images[:count], train_split.labels[:count]),
+            data.Split(test_split.images[:count // 2], test_split.labels[:count // 2]))
+
+
+def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "load", lambda name, data_dir=None: _small_digits())
+    args = train.build_parser().parse_args(["--epochs", "2", "--batch-size", "48", "--out-dir", str(tmp_path)])
+    metrics = train.train(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.json"]
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    assert [e["epoch"] for e in written["epochs"]] == [1, 2]
+    for epoch in written["epochs"]:
+        assert set(epoch) == {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds"}
+        assert 0 <= epoch["test_accuracy"] <= 1 and epoch["seconds"] > 0
+    assert written["backend"] == "triton" and {"torch", "triton", "lenet_triton"} <= set(written["versions"])
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    TutorialNet().load_state_dict(torch.load(tmp_path / "checkpoint.pt"))  # a plain state_dict
+
+
+BAD_OPTIONS = [
+    (["--lr", "-0.1"], "--lr must be > 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--backend", "cudnn"], "invalid choice: 'cudnn'"),
+    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    (["--momentum", "1.5", "--optimizer", "sgd"], "--momentum must be in"),
+    (["--device", "cuda:99" if torch.cuda.is_available() else "cuda"], "--device: cuda"),
+    (["--device", "tpu"], "--device"),
+    (["--dataset", "mnist"], "needs --data-dir"),
+    (["--dataset", "mnist", "--data-dir", "/nonexistent"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_options_fail_before_any_work(tmp_path, capsys, argv, message):
+    out_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*argv, "--out-dir", str(out_dir)])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2, captured.err
+    assert message in captured.err, captured.err
+    assert "epoch" not in captured.out and not out_dir.exists()
+
+
+def test_cli_entry_point_runs_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "lenet_triton.train", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "--batch-size" in done.stdout and "--data-dir" in done.stdout, done.stderr
