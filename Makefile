@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test bench train clean
+.PHONY: setup test bench train export onnx clean
 
 TRAIN_DIR := runs/default
 
@@ -26,6 +26,20 @@ train: $(SETUP_STAMP)
 
 $(TRAIN_DIR)/checkpoint.pt: | $(SETUP_STAMP)
 	$(MAKE) train
+
+# `make export onnx` (or either word alone): export the default run's checkpoint, training it first
+# if it is absent, then prove the file with onnxruntime parity.
+ONNX_FILE := $(TRAIN_DIR)/lenet.onnx
+PARITY_REPORT := $(TRAIN_DIR)/parity.json
+
+export: $(TRAIN_DIR)/checkpoint.pt | $(SETUP_STAMP)
+	$(PY) -m export onnx --checkpoint $(TRAIN_DIR)/checkpoint.pt --out $(ONNX_FILE)
+	$(PY) -m export parity $(ONNX_FILE) --checkpoint $(TRAIN_DIR)/checkpoint.pt --report $(PARITY_REPORT)
+	@echo "ONNX file:     $(ONNX_FILE)"
+	@echo "parity report: $(PARITY_REPORT)"
+
+onnx: export
+	@:
 
 bench: $(SETUP_STAMP)
 	@echo "make bench: not built yet (the benchmark suite lands with the benchmark issue)."

@@ -249,7 +249,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
 # max_pool2d
 # --------------------------------------------------------------------------------------------
 
-def _pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
     """torch's pooling_output_shape: with ceil_mode the last window must start inside the input."""
     span = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
     out = span // stride + 1
@@ -259,7 +259,7 @@ def _pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: i
 
 
 def _pool_output_shape(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode) -> list[int]:
-    return [*x.shape[:2]] + [_pool_output_size(x.shape[2 + a], kernel_size[a], stride[a], padding[a], dilation[a],
+    return [*x.shape[:2]] + [pool_output_size(x.shape[2 + a], kernel_size[a], stride[a], padding[a], dilation[a],
                                                ceil_mode) for a in range(2)]
 
 
@@ -331,7 +331,7 @@ def max_pool2d(input: Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair
         raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel_size} (as in torch)")
     for axis, a in (("height", 0), ("width", 1)):
         size = input.shape[-2 + a]
-        out = _pool_output_size(size, kernel_size[a], stride[a], padding[a], dilation[a], ceil_mode)
+        out = pool_output_size(size, kernel_size[a], stride[a], padding[a], dilation[a], ceil_mode)
         if out < 1:
             raise ValueError(f"{op}: the (dilated) kernel {axis} {dilation[a] * (kernel_size[a] - 1) + 1} is larger "
                              f"than the padded input {axis} {size + 2 * padding[a]}")

@@ -1,0 +1,1 @@
+"""ONNX export of lenet_triton's LeNet (standard ops only) and an onnxruntime parity checker."""
