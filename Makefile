@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test bench train export onnx clean
+.PHONY: setup test bench bench-compare train export onnx clean
 
 TRAIN_DIR := runs/default
 
@@ -41,8 +41,15 @@ export: $(TRAIN_DIR)/checkpoint.pt | $(SETUP_STAMP)
 onnx: export
 	@:
 
+# The main job: training-step, inference and per-op benchmarks; writes bench/results/<device>.json,
+# .md and .png and ends by printing the report.
 bench: $(SETUP_STAMP)
-	@echo "make bench: not built yet (the benchmark suite lands with the benchmark issue)."
+	$(PY) -m bench run
+
+# Regression gate: the suite against the last saved `make bench` run; fails past BENCH_FAIL.
+BENCH_FAIL ?= median:10%
+bench-compare: $(SETUP_STAMP)
+	$(PY) -m bench compare --fail $(BENCH_FAIL)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks

@@ -1,0 +1,77 @@
+"""Shared benchmark machinery: precision pin, device peak, and one timing helper used by every suite."""
+
+import platform
+import time
+
+import pytest
+import torch
+
+import lenet_triton
+from bench import variants
+
+variants.pin_precision()
+
+
+def sync() -> None:
+    if variants.GPU:
+        torch.cuda.synchronize()
+
+
+def pytest_report_header(config):
+    return [f"lenet_triton bench on {variants.device_name()}; precision {variants.PRECISION}",
+            "Triton rows on CPU run Triton's interpreter: a correctness path, not a speed figure."
+            if not variants.GPU else "Triton rows run compiled kernels on the GPU."]
+
+
+@pytest.fixture(scope="session")
+def peak_gflops() -> float:
+    """The device's measured float32 matmul rate (GFLOP/s): the ceiling the floor is computed from."""
+    n = 8192 if variants.GPU else 1024
+    a = torch.randn(n, n, device=variants.DEVICE)
+    b = torch.randn(n, n, device=variants.DEVICE)
+    for _ in range(2):
+        a @ b
+    sync()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / sorted(times)[len(times) // 2] / 1e9
+
+
+@pytest.fixture(scope="session")
+def versions() -> dict:
+    import onnxruntime
+    import triton
+    return {"torch": torch.__version__, "triton": triton.__version__, "onnxruntime": onnxruntime.__version__,
+            "lenet_triton": lenet_triton.__version__, "python": platform.python_version()}
+
+
+def timed(benchmark, fn, *, group: str, variant: str, batch: int, flops: float, peak_gflops: float, versions: dict,
+          first_call_seconds: float) -> None:
+    """Times fn (already warmed up and checked) with a device sync inside the timer; median and IQR
+    come from pytest-benchmark. The round count aims at variants.TARGET_SECONDS of timed calls."""
+    def call():
+        fn()
+        sync()
+
+    start = time.perf_counter()
+    call()
+    once = time.perf_counter() - start
+    rounds = int(min(variants.MAX_ROUNDS, max(variants.MIN_ROUNDS, variants.TARGET_SECONDS / max(once, 1e-9))))
+    benchmark.group = group
+    benchmark.extra_info.update({
+        "group": group, "variant": variant, "batch": batch, "flops_per_call": flops, "peak_gflops": peak_gflops,
+        "device": variants.device_name(), "precision": variants.PRECISION, "first_call_seconds": first_call_seconds,
+        "interpreter": not variants.GPU and variant.startswith("triton"), **versions})
+    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+def first_call(fn):
+    """Runs fn once (compilation and autotuning happen here) and returns (result, seconds)."""
+    start = time.perf_counter()
+    result = fn()
+    sync()
+    return result, time.perf_counter() - start

@@ -1,0 +1,117 @@
+"""Turns a pytest-benchmark JSON into bench/results/<device>.md (tables) and <device>.png (speedup plot).
+
+Columns: median and IQR of the step time, samples/s, speedup against eager and against the best
+torch.compile mode at the same batch, achieved GFLOP/s, and the ratio of the median to the
+computed floor (FLOPs of the call over the device's measured float32 matmul rate).
+"""
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from lenet_triton.files import atomic_path, write_text
+
+from . import variants
+
+
+def load_rows(json_path) -> list:
+    data = json.loads(Path(json_path).read_text())
+    rows = []
+    for bench in data["benchmarks"]:
+        info, stats = bench["extra_info"], bench["stats"]
+        rows.append({**info, "median": stats["median"], "iqr": stats["iqr"], "rounds": stats["rounds"]})
+    return rows
+
+
+def _fmt_time(seconds: float) -> str:
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds * 1e9:.3g} ns"
+
+
+def _section(rows, title, expected_variants, baseline) -> list:
+    lines = [f"### {title}", "",
+             f"| variant | median | IQR | samples/s | vs {baseline} | vs best compile | GFLOP/s | x floor | first call |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    by_variant = {r["variant"]: r for r in rows}
+    eager = by_variant.get(baseline)
+    compiled = [r["median"] for v, r in by_variant.items() if v.startswith("compile-")]
+    best_compile = min(compiled) if compiled else None
+    for variant in expected_variants:
+        r = by_variant.get(variant)
+        if r is None:
+            lines.append(f"| {variant} | not timed: it failed its correctness check or errored (see the log) "
+                         "| | | | | | | |")
+            continue
+        floor = r["flops_per_call"] / (r["peak_gflops"] * 1e9) if r["flops_per_call"] else None
+        label = f"{variant} (interpreter)" if r.get("interpreter") else variant
+        lines.append(" | ".join([
+            f"| {label}", _fmt_time(r["median"]), _fmt_time(r["iqr"]), f"{r['batch'] / r['median']:,.0f}",
+            f"{eager['median'] / r['median']:.2f}x" if eager else "-",
+            f"{best_compile / r['median']:.2f}x" if best_compile else "-",
+            f"{r['flops_per_call'] / r['median'] / 1e9:.2f}" if r["flops_per_call"] else "-",
+            f"{r['median'] / floor:,.0f}" if floor else "-",
+            f"{r['first_call_seconds']:.2f} s |"]))
+    return lines + [""]
+
+
+def render(rows) -> str:
+    first = rows[0]
+    lines = [f"# lenet_triton benchmark: {first['device']}", "",
+             f"Precision: {first['precision']}. torch {first['torch']}, triton {first['triton']}, "
+             f"onnxruntime {first['onnxruntime']}, lenet_triton {first['lenet_triton']}. "
+             f"Measured float32 matmul peak: {first['peak_gflops']:.1f} GFLOP/s. Floor = FLOPs of the call / that "
+             f"peak (a training step is {variants.lenet_flops(True) / 1e6:.2f} MFLOP per sample). Median and IQR "
+             "over the timed rounds, after warm-up; `first call` includes compilation and is not in the median.", ""]
+    if any(r.get("interpreter") for r in rows):
+        lines += ["**Triton rows on this CPU run Triton's interpreter (TRITON_INTERPRET=1): a correctness path "
+                  "that executes the kernels with numpy, not a speed figure.**", ""]
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["group"]].append(r)
+    for group in sorted(groups, key=lambda g: (not g.startswith("train"), not g.startswith("inference"),
+                                               g.split(", batch ")[0], int(g.rsplit(" ", 1)[1]))):
+        if group.startswith("train"):
+            expected, baseline = variants.TRAIN_VARIANTS, variants.BASELINE
+        elif group.startswith("inference"):
+            expected, baseline = variants.INFERENCE_VARIANTS, variants.BASELINE
+        else:
+            expected, baseline = variants.OP_IMPLEMENTATIONS, "torch"
+        lines += _section(groups[group], group, expected, baseline)
+    return "\n".join(lines)
+
+
+def plot(rows, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, kind in zip(axes, ("train", "inference")):
+        chosen = [r for r in rows if r["group"].startswith(kind)]
+        eager = {r["batch"]: r["median"] for r in chosen if r["variant"] == variants.BASELINE}
+        for variant in sorted({r["variant"] for r in chosen}):
+            points = sorted((r["batch"], eager[r["batch"]] / r["median"]) for r in chosen
+                            if r["variant"] == variant and r["batch"] in eager)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=variant)
+        ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="speedup vs eager",
+               title=f"{kind} ({rows[0]['device']})")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write(json_path, md_path, png_path) -> str:
+    rows = load_rows(json_path)
+    if not rows:
+        raise ValueError(f"{json_path} holds no benchmark results")
+    text = render(rows)
+    write_text(md_path, text + "\n")
+    plot(rows, png_path)
+    return text

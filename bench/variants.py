@@ -1,0 +1,88 @@
+"""The one list of what `make bench` times, and the arithmetic floor it is compared with.
+
+Variants, batch sizes and the FLOP count live here; bench/test_*.py and bench/report.py read them.
+"""
+
+import os
+
+import torch
+
+from lenet_triton import LeNet
+
+GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if GPU else "cpu")
+
+# Training step: forward, cross-entropy, backward, SGD step.
+TRAIN_VARIANTS = (["eager", "compile-default"] + (["compile-max-autotune", "compile-reduce-overhead"] if GPU else [])
+                  + ["triton", "triton-compile"])
+# Inference: logits for a batch of images.
+def _ort_cuda() -> bool:
+    import onnxruntime
+    return GPU and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+INFERENCE_VARIANTS = ["eager", "compile-default", "triton", "onnxruntime-cpu"] + (["onnxruntime-cuda"] if _ort_cuda()
+                                                                                  else [])
+BASELINE = "eager"
+# Per-op benchmarks: each Triton op against torch.nn.functional.
+OP_IMPLEMENTATIONS = ["torch", "triton"]
+COMPILE_VARIANTS = [v for v in TRAIN_VARIANTS if v.startswith("compile-")]
+
+# LENET_BENCH_QUICK=1 (the smoke test in `make test`) runs every benchmark once at a tiny batch.
+QUICK = os.environ.get("LENET_BENCH_QUICK") == "1"
+if QUICK:
+    TRAIN_BATCHES, INFERENCE_BATCHES, OP_BATCH = [2], [2], 2
+else:
+    TRAIN_BATCHES = [64, 256, 1024, 4096] if GPU else [64]
+    INFERENCE_BATCHES = [1, 64, 256]
+    OP_BATCH = 256 if GPU else 64
+
+# Seconds of timed calls to aim for per benchmark, and the bounds on the number of rounds.
+TARGET_SECONDS = 2.0 if GPU else 3.0
+MIN_ROUNDS, MAX_ROUNDS = 3, 200
+
+PRECISION = "float32, TF32 off (torch.backends.cuda.matmul.allow_tf32 = cudnn.allow_tf32 = False)"
+
+
+def pin_precision() -> None:
+    """One precision on every side: plain float32 matmuls and convolutions everywhere."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
+def lenet_flops(train: bool, in_channels: int = 1) -> int:
+    """FLOPs per sample (2 per multiply-add) of LeNet's convs and linears.
+
+    The backward computes both gradients of every layer except conv1's input gradient, which no
+    one needs, so a training step is forward + 2x forward - conv1's share: 2.26 MFLOP per sample.
+    """
+    model = LeNet(in_channels=in_channels, backend="torch")
+    conv_outputs = {"conv1": 28 * 28, "conv2": 10 * 10}
+    macs = {}
+    for name in ("conv1", "conv2"):
+        layer = getattr(model, name)
+        macs[name] = conv_outputs[name] * layer.weight.numel()
+    for name in ("fc1", "fc2", "fc3"):
+        macs[name] = getattr(model, name).weight.numel()
+    forward = 2 * sum(macs.values())
+    if not train:
+        return forward
+    return forward + 2 * forward - 2 * macs["conv1"]
+
+
+def device_slug() -> str:
+    """A file-name-safe name of this machine's device, for bench/results/<slug>.json."""
+    if GPU:
+        name = torch.cuda.get_device_name()
+    else:
+        import platform
+        name = f"cpu-{platform.machine()}-{os.cpu_count()}core"
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def device_name() -> str:
+    if GPU:
+        return torch.cuda.get_device_name()
+    import platform
+    return f"CPU {platform.machine()}, {os.cpu_count()} cores (Triton interpreter)"

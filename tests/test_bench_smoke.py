@@ -1,0 +1,52 @@
+"""Every benchmark runs once (pytest-benchmark disabled, tiny batches), so the suite can't rot;
+and the report writer turns its JSON into the tables and plot."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import report, variants
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_once(tmp_path):
+    env = dict(os.environ, LENET_BENCH_QUICK="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), "-q", "-p", "no:cacheprovider",
+                           "--benchmark-disable"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    expected = (len(variants.TRAIN_VARIANTS) + len(variants.INFERENCE_VARIANTS)) + 3 * 2 * 2
+    assert f"{expected} passed" in done.stdout, done.stdout[-2000:]
+
+
+def _fake_run(path):
+    rows = []
+    for group, names, baseline in (("train step, batch 64", variants.TRAIN_VARIANTS[:-1], "eager"),
+                                   ("op: conv2d forward, batch 64", variants.OP_IMPLEMENTATIONS, "torch")):
+        for i, name in enumerate(names):
+            rows.append({"extra_info": {"group": group, "variant": name, "batch": 64, "flops_per_call": 1.45e8,
+                                        "peak_gflops": 100.0, "device": "test device", "precision": "float32",
+                                        "first_call_seconds": 0.5, "interpreter": False, "torch": "t",
+                                        "triton": "tr", "onnxruntime": "o", "lenet_triton": "l"},
+                         "stats": {"median": 0.01 * (i + 1), "iqr": 0.001, "rounds": 10}})
+    path.write_text(json.dumps({"benchmarks": rows}))
+
+
+def test_report_tables_and_plot(tmp_path):
+    _fake_run(tmp_path / "run.json")
+    text = report.write(tmp_path / "run.json", tmp_path / "run.md", tmp_path / "run.png")
+    assert (tmp_path / "run.md").read_text().strip() == text.strip()
+    assert (tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG"
+    eager_row = next(line for line in text.splitlines() if line.startswith("| eager |"))
+    cells = [c.strip() for c in eager_row.split("|")[1:-1]]
+    assert cells[1] == "10 ms" and cells[3] == "6,400" and cells[4] == "1.00x"
+    assert cells[6] == "14.50" and cells[7] == "7"            # 1.45e8 FLOP / 10 ms; 10 ms / 1.45 ms floor
+    compile_row = next(line for line in text.splitlines() if line.startswith("| compile-default |"))
+    assert "0.50x" in compile_row and "1.00x" in compile_row  # vs eager, vs the best compile mode (itself)
+    assert f"| {variants.TRAIN_VARIANTS[-1]} | not timed" in text  # a missing variant is reported, not hidden
+    assert "vs torch" in text
