@@ -22,6 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lenet_triton import LeNet  # noqa: E402
 from lenet_triton.testing import assert_close  # noqa: E402
 
+# The tutorial runs on the CPU; with a CUDA device the Triton kernels are compiled for it instead.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 class TutorialNet(nn.Module):
     """The tutorial's Net, as the tutorial writes it: the reference LeNet is compared with."""
@@ -61,8 +64,8 @@ def check_grads(name, net, ref):
 
 def neural_networks_tutorial():
     torch.manual_seed(0)
-    net = LeNet()
-    ref = TutorialNet()
+    net = LeNet().to(DEVICE)
+    ref = TutorialNet().to(DEVICE)
     ref.load_state_dict(net.state_dict())
 
     step("Define the network")
@@ -74,7 +77,7 @@ def neural_networks_tutorial():
     assert len(params) == 10 and params[0].size() == (6, 1, 5, 5)
 
     step("A random 32x32 input")
-    input = torch.randn(1, 1, 32, 32)
+    input = torch.randn(1, 1, 32, 32, device=DEVICE)
     out = net(input)
     print(out)
     check_same("output", out, ref(input))
@@ -82,13 +85,13 @@ def neural_networks_tutorial():
     step("Zero the gradients and backprop random gradients")
     net.zero_grad()
     ref.zero_grad()
-    upstream = torch.randn(1, 10)
+    upstream = torch.randn(1, 10, device=DEVICE)
     out.backward(upstream)
     ref(input).backward(upstream)
     check_grads("backward(randn)", net, ref)
 
     step("Loss function: MSELoss")
-    target = torch.randn(10).view(1, -1)
+    target = torch.randn(10, device=DEVICE).view(1, -1)
     criterion = nn.MSELoss()
     loss = criterion(net(input), target)
     ref_loss = criterion(ref(input), target)
@@ -136,15 +139,16 @@ def cifar_training_loop(steps=4, batch_size=4):
     """The CIFAR-10 tutorial's loop on a 3-channel LeNet, on random images and labels."""
     step(f"CIFAR-10 tutorial loop: 3 channels, CrossEntropyLoss, SGD(lr=0.001, momentum=0.9), {steps} steps")
     torch.manual_seed(1)
-    net = LeNet(in_channels=3)
-    ref = TutorialNet(in_channels=3)
+    net = LeNet(in_channels=3).to(DEVICE)
+    ref = TutorialNet(in_channels=3).to(DEVICE)
     ref.load_state_dict(net.state_dict())
     criterion = nn.CrossEntropyLoss()
     optimizer = optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
     ref_optimizer = optim.SGD(ref.parameters(), lr=0.001, momentum=0.9)
     losses = []
     for i in range(steps):
-        inputs, labels = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+        inputs = torch.randn(batch_size, 3, 32, 32, device=DEVICE)
+        labels = torch.randint(0, 10, (batch_size,), device=DEVICE)
         pair = []
         for model, opt in ((net, optimizer), (ref, ref_optimizer)):
             opt.zero_grad()

@@ -102,7 +102,6 @@ def test_bad_arguments(kwargs, message):
         LeNet(**kwargs)
 
 
-@pytest.mark.skipif(DEVICE != "cpu", reason="the walk-through runs on CPU tensors, as the tutorial does")
 def test_tutorial_walkthrough_runs_and_matches(capsys):
     walkthrough.main()
     printed = capsys.readouterr().out
