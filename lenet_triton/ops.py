@@ -7,6 +7,7 @@ formulas that call the backward custom ops, so the ops compose with autograd, to
 (fullgraph) and torch.export. All arithmetic runs in the Triton kernels of lenet_triton.kernels.
 """
 
+import math
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -349,7 +350,7 @@ def max_pool2d(input: Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair
 
 def _rows(t: Tensor) -> Tensor:
     """Any leading dims flattened into one: (..., K) -> (M, K); a view when the strides allow."""
-    return t.reshape(-1, t.shape[-1])
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 
 @torch.library.custom_op("lenet_triton::linear", mutates_args=())
@@ -386,7 +387,7 @@ def _linear_grad_weight(grad_y: Tensor, y: Optional[Tensor], x: Tensor) -> tuple
     """Gradients of linear with respect to the weight and the bias; y given = fused ReLU."""
     dw = x.new_empty((grad_y.shape[-1], x.shape[-1]))
     db = x.new_empty(grad_y.shape[-1])
-    if grad_y.numel() == 0 or dw.numel() == 0:
+    if grad_y.numel() == 0:
         return dw.zero_(), db.zero_()
     linear_grad_weight(_rows(grad_y), None if y is None else _rows(y), _rows(x), dw, db, gate_relu=y is not None)
     return dw, db

@@ -40,6 +40,8 @@ def test_dtypes(dtype):
     dict(x_shape=(2, 3, 7, 11), out_features=5),           # several leading dims
     dict(x_shape=(0, 9), out_features=4),                  # empty batch
     dict(x_shape=(7, 1), out_features=1),
+    dict(x_shape=(3, 0), out_features=4),                  # no input features: output is the bias
+    dict(x_shape=(2, 3, 0), out_features=4, activation="relu"),
     dict(x_shape=(31, 17), out_features=23, bias=False, activation="relu"),
     dict(x_shape=(6, 10), out_features=8, layout="strided", activation="relu"),
     dict(x_shape=(3, 5, 10), out_features=8, layout="strided"),

@@ -56,14 +56,24 @@ def gemm_tile(rows: int, cols: int, reduction: int) -> tuple[int, int, int]:
     return block_m, block_n, block_k
 
 
-def split_count(tiles: int, reduction: int, block_k: int) -> int:
-    """How many slices to cut a long reduction into, so that small outputs still fill a GPU."""
-    if interpreting():
-        return 1
-    steps = triton.cdiv(reduction, block_k)
-    wanted = triton.cdiv(_GPU_MIN_PROGRAMS, max(tiles, 1))
-    # Each slice keeps at least 4 reduction steps, so partial sums stay worth their bytes.
-    return max(1, min(wanted, steps // 4))
+def split_plan(tiles: int, reduction: int, block_k: int, allow_split: bool = True) -> tuple[int, int]:
+    """(splits, steps_per_split): how many slices to cut a long reduction into, so that small
+    outputs still fill a GPU, and how many BLOCK_K steps each slice takes. An empty reduction is
+    one slice of one (masked) step, so the kernel still writes its output."""
+    steps = max(1, triton.cdiv(reduction, block_k))
+    splits = 1
+    if allow_split and not interpreting():
+        wanted = triton.cdiv(_GPU_MIN_PROGRAMS, max(tiles, 1))
+        # Each slice keeps at least 4 reduction steps, so partial sums stay worth their bytes.
+        splits = max(1, min(wanted, steps // 4))
+    steps_per_split = triton.cdiv(steps, splits)
+    return triton.cdiv(steps, steps_per_split), steps_per_split
+
+
+def partial_buffer(shape, like: torch.Tensor) -> torch.Tensor:
+    """Split-K partial sums, kept in the accumulator precision until sum_partials reduces them."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.empty(shape, device=like.device, dtype=dtype)
 
 
 def elementwise_block(numel: int) -> int:

@@ -14,7 +14,6 @@ Shared argument names:
     ACC                accumulator type; DOT_PRECISION the tl.dot input precision.
 """
 
-import torch
 import triton
 import triton.language as tl
 
@@ -299,12 +298,9 @@ def conv2d_grad_weight(grad_y, y, x, dw, db, stride, pads, dilation, groups, gat
     red = grad_y.shape[0] * grad_y.shape[2] * grad_y.shape[3]
     bm, bn, bk = config.gemm_tile(rows, cols, red)
     tiles = triton.cdiv(rows, bm) * triton.cdiv(cols, bn)
-    splits = config.split_count(tiles * groups, red, bk)
-    steps_per_split = triton.cdiv(triton.cdiv(red, bk), splits)
-    splits = triton.cdiv(triton.cdiv(red, bk), steps_per_split)
-    acc_dtype = torch.float64 if dw.dtype == torch.float64 else torch.float32
-    dw_out = dw if splits == 1 else torch.empty((splits, *dw.shape), device=dw.device, dtype=acc_dtype)
-    db_out = db if splits == 1 or db is None else torch.empty((splits, c_out), device=dw.device, dtype=acc_dtype)
+    splits, steps_per_split = config.split_plan(tiles * groups, red, bk)
+    dw_out = dw if splits == 1 else config.partial_buffer((splits, *dw.shape), dw)
+    db_out = db if splits == 1 or db is None else config.partial_buffer((splits, c_out), dw)
     conv2d_grad_weight_kernel[(tiles, splits, groups)](
         grad_y, y, x, dw_out, db_out if db is not None else dw_out, *geometry,
         *grad_y.stride(), *y.stride(), *x.stride(),

@@ -8,7 +8,6 @@ where gate(dy) zeroes the gradient where the fused ReLU's output was <= 0. Trans
 stride swaps: nothing is copied.
 """
 
-import torch
 import triton
 import triton.language as tl
 
@@ -77,15 +76,13 @@ def _launch(a, b, c, *, gate=None, bias=None, rowsum=None, apply_relu=False, all
     """c = epilogue(gate(a) @ b) for 2-D views a (M, K), b (K, N), c (M, N); see linear_kernel."""
     (m, k), n = a.shape, b.shape[1]
     bm, bn, bk = config.gemm_tile(m, n, k)
-    tiles = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-    splits = config.split_count(tiles[0] * tiles[1], k, bk) if allow_split else 1
-    steps_per_split = triton.cdiv(triton.cdiv(k, bk), splits)
-    splits = triton.cdiv(triton.cdiv(k, bk), steps_per_split)
+    # At least one column tile: with N = 0 columns it still writes the row sums (the bias gradient).
+    tiles = (triton.cdiv(m, bm), max(1, triton.cdiv(n, bn)))
+    splits, steps_per_split = config.split_plan(tiles[0] * tiles[1], k, bk, allow_split)
     c_out, rowsum_out = c, rowsum
     if splits > 1:
-        acc_dtype = torch.float64 if c.dtype == torch.float64 else torch.float32
-        c_out = torch.empty((splits, m, n), device=c.device, dtype=acc_dtype)
-        rowsum_out = None if rowsum is None else torch.empty((splits, m), device=c.device, dtype=acc_dtype)
+        c_out = config.partial_buffer((splits, m, n), c)
+        rowsum_out = None if rowsum is None else config.partial_buffer((splits, m), c)
     stride_cm, stride_cn = c_out.stride()[-2:]
     linear_kernel[(tiles[0], tiles[1], splits)](
         a, a if gate is None else gate, b, a if bias is None else bias, c_out, c_out if rowsum is None else rowsum_out,
