@@ -11,7 +11,8 @@ Shared argument names:
     SH, SW / PH, PW / DH, DW   stride, leading padding and dilation.
     stride_<t><dim>    element strides of tensor t (x input, w weight, y output, g gradient).
     IDX                tl.int32 or tl.int64: the integer type of every offset (see config.index_dtype).
-    ACC                accumulator type; DOT_PRECISION the tl.dot input precision.
+    ACC                accumulator type, also passed to tl.dot as out_dtype (triton 3.6 asserts on a
+                       float64 accumulator without it); DOT_PRECISION the tl.dot input precision.
 """
 
 import triton
@@ -83,7 +84,7 @@ def conv2d_forward_kernel(
                          mask=x_mask, other=0.0)
         w_offs = (out_channel * stride_wo)[None, :] + (i * stride_wi + kh * stride_wh + kw * stride_ww)[:, None]
         w_tile = tl.load(w_ptr + w_offs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(x_tile, w_tile, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(x_tile, w_tile, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
 
     # Epilogue while the accumulator is still wide: bias, then ReLU (NaN stays NaN, as in torch).
     if HAS_BIAS:
@@ -165,7 +166,7 @@ def conv2d_grad_input_kernel(
                 g_tile = _relu_gate(g_tile, y_tile)
         w_offs = (o * stride_wo + kh * stride_wh + kw * stride_ww)[:, None] + (cols * stride_wi)[None, :]
         w_tile = tl.load(w_ptr + w_offs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(g_tile, w_tile, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(g_tile, w_tile, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
 
     dx_offs = (n * stride_dn + ih * stride_dh + iw * stride_dw)[:, None] + (in_channel * stride_dc)[None, :]
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
@@ -232,7 +233,7 @@ def conv2d_grad_weight_kernel(
         x_mask = r_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x_tile = tl.load(x_ptr + (n * stride_xn)[:, None] + (i * stride_xc)[None, :] + ih * stride_xh + iw * stride_xw,
                          mask=x_mask, other=0.0)
-        acc = tl.dot(g_tile, x_tile, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(g_tile, x_tile, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
         if HAS_BIAS:
             bias_acc += tl.sum(g_tile.to(ACC), axis=1)
 

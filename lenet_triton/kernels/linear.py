@@ -56,7 +56,7 @@ def linear_kernel(
             a_tile = tl.where(gate <= 0, 0.0, a_tile)
         b_tile = tl.load(b_ptr + (ks * stride_bk)[:, None] + (cols * stride_bn)[None, :],
                          mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a_tile, b_tile, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(a_tile, b_tile, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
         if ROWSUM:
             row_acc += tl.sum(a_tile.to(ACC), axis=1)
 
