@@ -1,14 +1,11 @@
 """lenet_triton: Triton kernels (conv2d, max_pool2d, linear+ReLU, forward and backward) behind
 torch.library custom ops, and the LeNet-5 model that runs on them."""
 
-import os
+from . import triton_mode
 
-import torch
-
-# Without a CUDA device the kernels run on CPU tensors through Triton's interpreter. triton.jit
-# reads this switch when each kernel is defined, so it must be set before the kernels import.
-if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
+# Before any kernel is defined: without a CUDA device the kernels run through Triton's interpreter,
+# whatever imported triton first (see triton_mode).
+triton_mode.select()
 
 from . import ops  # noqa: E402
 from .model import LeNet  # noqa: E402

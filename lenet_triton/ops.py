@@ -77,9 +77,10 @@ def _check_device(op: str, name: str, t: Tensor) -> None:
                 "bfloat16 runs on cuda only. Use float32 (or float16/float64) on the CPU.")
         if not config.interpreting():
             raise NotImplementedError(
-                f"{op}: {name} is a CPU tensor, but Triton's interpreter is off in this process (a CUDA "
-                "device was found). Move the tensors to cuda, or set TRITON_INTERPRET=1 before importing "
-                "lenet_triton to run the kernels on the CPU.")
+                f"{op}: {name} is a CPU tensor, but Triton's interpreter is off in this process (it is "
+                "on by default only when no CUDA device is found, and TRITON_INTERPRET=0 turns it off). "
+                "Move the tensors to cuda, or start Python with TRITON_INTERPRET=1 to run the kernels on "
+                "the CPU.")
         return
     if t.device.type != "meta":
         raise NotImplementedError(f"{op}: {name} is on {t.device}; the Triton kernels run on cuda, or on cpu "
