@@ -4,8 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-done
+# The second test stage: the GPU image's triton 3.6 through the interpreter, in its own venv. It
+# takes every pin from requirements.txt except those that requirements-triton36.txt overrides.
+VENV36 := .venv-triton36
+PY36 := $(VENV36)/bin/python
+SETUP36_STAMP := $(VENV36)/.setup-done
+TRITON36_OVERRIDES := triton|numpy
 
-.PHONY: setup test bench bench-compare train export onnx clean
+.PHONY: setup test test-triton39 test-triton36 bench bench-compare train export onnx clean
 
 TRAIN_DIR := runs/default
 
@@ -16,8 +22,20 @@ $(SETUP_STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-test: $(SETUP_STAMP)
+$(SETUP36_STAMP): requirements.txt requirements-triton36.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV36)
+	grep -vE '^($(TRITON36_OVERRIDES))==' requirements.txt > $(VENV36)/requirements-base.txt
+	$(PY36) -m pip install --quiet -r $(VENV36)/requirements-base.txt -r requirements-triton36.txt
+	touch $@
+
+# Both stages: the pinned set (torch 2.13 + triton 3.9), then the whole suite again on triton 3.6.
+test: test-triton39 test-triton36
+
+test-triton39: $(SETUP_STAMP)
 	$(PY) -m pytest tests
+
+test-triton36: $(SETUP36_STAMP)
+	$(PY36) -m pytest tests
 
 # The default training run: embedded digits, Triton backend; writes $(TRAIN_DIR)/checkpoint.pt,
 # metrics.json and curves.png. TRAIN_ARGS adds options, e.g. make train TRAIN_ARGS="--epochs 2".
@@ -52,4 +70,4 @@ bench-compare: $(SETUP_STAMP)
 	$(PY) -m bench compare --fail $(BENCH_FAIL)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks
+	rm -rf $(VENV) $(VENV36) .pytest_cache .hypothesis .benchmarks

@@ -66,6 +66,13 @@ def check_against_torch(ours, reference, tensors, *, name, out_index=None):
     return out
 
 
+def pytest_report_header(config):
+    import numpy
+    import triton
+    mode = "compiled for cuda" if DEVICE == "cuda" else "Triton interpreter on cpu"
+    return f"lenet_triton: torch {torch.__version__}, triton {triton.__version__}, numpy {numpy.__version__}; {mode}"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
