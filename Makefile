@@ -11,7 +11,7 @@ PY36 := $(VENV36)/bin/python
 SETUP36_STAMP := $(VENV36)/.setup-done
 TRITON36_OVERRIDES := triton|numpy
 
-.PHONY: setup test test-triton39 test-triton36 bench bench-compare train export onnx clean
+.PHONY: setup test test-triton39 test-triton36 bench bench-compare gpu-check train export onnx clean
 
 TRAIN_DIR := runs/default
 
@@ -68,6 +68,13 @@ bench: $(SETUP_STAMP)
 BENCH_FAIL ?= median:10%
 bench-compare: $(SETUP_STAMP)
 	$(PY) -m bench compare --fail $(BENCH_FAIL)
+
+# The whole GPU check in one device call (at most 10 minutes): versions, the test suite on cuda and
+# the benchmark grid, every file into $OUT (else gpu-check-out/). Runs on the GPU image's own python3,
+# no venv and no set-up. FAST=1: a smoke subset for a first call (about 2 minutes).
+GPU_CHECK_OUT ?= $(or $(OUT),gpu-check-out)
+gpu-check:
+	$(PYTHON) -m bench gpu-check --out $(GPU_CHECK_OUT) $(if $(FAST),--fast)
 
 clean:
 	rm -rf $(VENV) $(VENV36) .pytest_cache .hypothesis .benchmarks

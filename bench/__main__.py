@@ -1,10 +1,14 @@
-"""python -m bench [run | compare | report]: the benchmark suite, its report, and the regression gate.
+"""python -m bench [run | compare | report | gpu-check]: the benchmark suite, its report, the
+regression gate, and the whole GPU check.
 
-run      runs every suite with pytest-benchmark, writes bench/results/<device>.json (pytest-benchmark's
-         JSON), <device>.md and <device>.png, saves the run for `compare`, and prints the report.
-compare  runs the suite again and compares it with the last saved run; exits non-zero when a
-         median regressed past --fail (pytest-benchmark's --benchmark-compare-fail).
-report   rewrites the .md and .png from an existing JSON.
+run        runs every suite with pytest-benchmark, writes <results>/<device>.json (pytest-benchmark's
+           JSON), <device>.md and <device>.png (results: bench/results unless --results), saves the
+           run for `compare`, and prints the report. --collect-only only collects the suites.
+compare    runs the suite again and compares it with the last saved run; exits non-zero when a
+           median regressed past --fail (pytest-benchmark's --benchmark-compare-fail).
+report     rewrites the .md and .png from an existing JSON.
+gpu-check  versions, the test suite and the benchmark grid in one call on a GPU machine, every file
+           under --out (see bench/gpu_check.py).
 """
 
 import argparse
@@ -29,16 +33,18 @@ def _pytest(extra) -> int:
     return subprocess.call(command, cwd=ROOT)
 
 
-def paths():
+def paths(results=RESULTS):
     slug = variants.device_slug()
-    return RESULTS / f"{slug}.json", RESULTS / f"{slug}.md", RESULTS / f"{slug}.png"
+    return results / f"{slug}.json", results / f"{slug}.md", results / f"{slug}.png"
 
 
-def run() -> int:
+def run(results=RESULTS, collect_only=False) -> int:
     from .report import write
 
-    json_path, md_path, png_path = paths()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    if collect_only:
+        return _pytest(["--collect-only", "-q"])
+    json_path, md_path, png_path = paths(results)
+    results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "run.json"
         code = _pytest([f"--benchmark-json={raw}", "--benchmark-autosave"])
@@ -49,7 +55,7 @@ def run() -> int:
         shutil.copyfile(raw, tmp_json)
         os.replace(tmp_json, json_path)
     print(write(json_path, md_path, png_path))
-    print(f"\nwrote {json_path.relative_to(ROOT)}, {md_path.name} and {png_path.name}")
+    print(f"\nwrote {json_path}, {md_path.name} and {png_path.name}")
     if code:
         print("bench: some benchmarks failed (a variant that disagrees with eager is not timed); see above",
               file=sys.stderr)
@@ -66,20 +72,32 @@ def compare(fail: str) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "compare", "report"])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "compare", "report", "gpu-check"])
     parser.add_argument("--fail", default="median:10%", help="regression threshold for compare")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where run writes its JSON, MD and PNG")
+    parser.add_argument("--collect-only", action="store_true", help="run: only collect the suites")
+    parser.add_argument("--out", type=Path, help="gpu-check: the folder for its files (default: $OUT)")
+    parser.add_argument("--fast", action="store_true", help="gpu-check: a smoke subset that fits in 2 minutes")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="gpu-check: start every step but only collect the tests and benchmarks")
     args = parser.parse_args(argv)
+    if args.command == "gpu-check":
+        from .gpu_check import gpu_check
+        out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
+        if out is None:
+            parser.error("gpu-check needs --out DIR (or $OUT)")
+        return gpu_check(out, fast=args.fast, dry_run=args.dry_run)
     if args.command == "compare":
         return compare(args.fail)
     if args.command == "report":
         from .report import write
-        json_path, md_path, png_path = paths()
+        json_path, md_path, png_path = paths(args.results)
         if not json_path.exists():
             print(f"bench report: {json_path} does not exist; run `make bench` first", file=sys.stderr)
             return 2
         print(write(json_path, md_path, png_path))
         return 0
-    return run()
+    return run(args.results, args.collect_only)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 """Tolerances per dtype and a comparison that reports the worst mismatch.
 
 One table serves the tests, the benchmark's correctness gate and the training convergence check.
+`recorded_launches` counts (or stubs out) the kernels' launches for tests and the host-time benchmark.
 The bounds are for a Triton result against torch on the same inputs: the two sum in different
 orders, so float32 differs by a few ulps of the largest partial sum, and half types by far more.
 """
+
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -43,3 +48,49 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str = "tens
     atol, rtol = tolerance(dtype or expected.dtype)
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, equal_nan=True,
                                msg=lambda default: f"{name}: {worst_mismatch(actual, expected)}\n{default}")
+
+
+@dataclass(frozen=True)
+class Launch:
+    kernel: str
+    grid: tuple
+
+
+@contextmanager
+def recorded_launches(run: bool = True):
+    """Records every launch of a lenet_triton kernel inside the block, as a list of Launch.
+
+    With run=False each launch is replaced by a no-op, so that only host work remains (argument
+    checks, dispatch, autograd, launch planning): what the host-time benchmark times. The kernels
+    then write nothing, and their outputs hold whatever the allocator gave.
+    """
+    launches = []
+    kernels = _lenet_kernels()
+    for kernel in kernels:
+        launch = kernel.run
+
+        def recording(*args, grid, warmup, kernel=kernel, launch=launch, **kwargs):
+            launches.append(Launch(kernel.__name__, tuple(grid)))
+            if run:
+                return launch(*args, grid=grid, warmup=warmup, **kwargs)
+
+        # Instance attribute: `kernel[grid](...)` calls self.run(grid=..., warmup=False, ...).
+        kernel.run = recording
+    try:
+        yield launches
+    finally:
+        for kernel in kernels:
+            del kernel.run
+
+
+def _lenet_kernels() -> list:
+    """Every @triton.jit function in the loaded lenet_triton.kernels modules."""
+    from triton.runtime.jit import KernelInterface
+
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if module is not None and name.startswith("lenet_triton.kernels."):
+            for value in vars(module).values():
+                if isinstance(value, KernelInterface):
+                    found[id(value)] = value
+    return list(found.values())

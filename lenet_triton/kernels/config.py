@@ -40,13 +40,22 @@ def interpreting() -> bool:
     return _INTERPRETING
 
 
+# Which launch plan the launchers choose: the interpreter's few large programs, or the GPU's tiles.
+# It follows the mode; tests set it to False under the interpreter to run the GPU plan on the CPU.
+_INTERPRETER_PLAN = _INTERPRETING
+
+
+def _interpreter_plan() -> bool:
+    return _INTERPRETER_PLAN
+
+
 def _pow2_tile(extent: int, cap: int) -> int:
     return max(MIN_DOT_TILE, min(cap, triton.next_power_of_2(max(extent, 1))))
 
 
 def gemm_tile(rows: int, cols: int, reduction: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K) for a GEMM of rows x cols reducing over `reduction`."""
-    if not interpreting():
+    if not _interpreter_plan():
         return tuple(_pow2_tile(extent, cap) for extent, cap in zip((rows, cols, reduction), _GPU_GEMM_TILE))
     # Interpreter: the whole reduction in as few steps as the element budget allows, then as many
     # rows as still fit, so most launches are a handful of programs.
@@ -62,7 +71,7 @@ def split_plan(tiles: int, reduction: int, block_k: int, allow_split: bool = Tru
     one slice of one (masked) step, so the kernel still writes its output."""
     steps = max(1, triton.cdiv(reduction, block_k))
     splits = 1
-    if allow_split and not interpreting():
+    if allow_split and not _interpreter_plan():
         wanted = triton.cdiv(_GPU_MIN_PROGRAMS, max(tiles, 1))
         # Each slice keeps at least 4 reduction steps, so partial sums stay worth their bytes.
         splits = max(1, min(wanted, steps // 4))
@@ -77,7 +86,7 @@ def partial_buffer(shape, like: torch.Tensor) -> torch.Tensor:
 
 
 def elementwise_block(numel: int) -> int:
-    cap = _INTERPRETER_ELEMENTWISE_BLOCK if interpreting() else _GPU_ELEMENTWISE_BLOCK
+    cap = _INTERPRETER_ELEMENTWISE_BLOCK if _interpreter_plan() else _GPU_ELEMENTWISE_BLOCK
     return min(cap, triton.next_power_of_2(max(numel, 1)))
 
 
@@ -87,7 +96,7 @@ def index_dtype(*tensors: torch.Tensor, extra: int = 0):
     The interpreter always gets tl.int64: it checks every int32 add and mul for overflow through
     int64 temporaries (several numpy passes per op), and skips that check for int64.
     """
-    if interpreting():
+    if _interpreter_plan():
         return tl.int64
     largest = extra
     for t in tensors:

@@ -1,0 +1,43 @@
+"""lenet_triton.testing.recorded_launches: counts every launch, and with run=False really launches
+nothing (the host-time benchmark relies on that), then puts the kernels back."""
+
+import torch
+
+from lenet_triton import LeNet
+from lenet_triton.kernels import linear
+from lenet_triton.testing import recorded_launches
+from conftest import DEVICE
+
+
+def _linear_into_nan_output():
+    x, w = torch.randn(5, 7, device=DEVICE), torch.randn(3, 7, device=DEVICE)
+    y = torch.full((5, 3), float("nan"), device=DEVICE)
+    linear.linear_forward(x, w, None, y, apply_relu=False)
+    return y, x @ w.t()
+
+
+def test_stubbed_launches_write_nothing_and_are_recorded():
+    with recorded_launches(run=False) as launches:
+        y, _ = _linear_into_nan_output()
+    assert [launch.kernel for launch in launches] == ["linear_kernel"]
+    assert torch.isnan(y).all(), "a stubbed launch wrote its output"
+
+
+def test_recorded_launches_still_run_and_kernels_are_restored():
+    with recorded_launches() as launches:
+        y, expected = _linear_into_nan_output()
+    assert len(launches) == 1 and torch.allclose(y, expected, atol=1e-5)
+    y, expected = _linear_into_nan_output()
+    assert torch.allclose(y, expected, atol=1e-5), "the kernel stayed stubbed after the block"
+
+
+def test_a_lenet_step_launches_every_kernel_family():
+    model = LeNet().to(DEVICE)
+    with recorded_launches(run=False) as launches:
+        model(torch.randn(2, 1, 32, 32, device=DEVICE)).sum().backward()
+    assert {launch.kernel for launch in launches} >= {
+        "conv2d_forward_kernel", "conv2d_grad_weight_kernel", "max_pool2d_forward_kernel",
+        "max_pool2d_backward_kernel", "linear_kernel"}
+    # 7 forward and 11 backward, plus a split-K reduction where the GPU plan splits a long sum.
+    main = [launch.kernel for launch in launches if launch.kernel != "sum_partials_kernel"]
+    assert len(main) == 18, main
