@@ -14,6 +14,7 @@ gpu-check  versions, the test suite and the benchmark grid in one call on a GPU 
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,11 +27,27 @@ RESULTS = ROOT / "bench" / "results"
 SAVED = ROOT / ".benchmarks"
 
 
+# Most important first, so that a run stopped early (Ctrl-C, gpu-check's time limit) has the step times.
+SUITES = ["test_train_step.py", "test_inference.py", "test_ops.py"]
+
+
 def _pytest(extra) -> int:
-    command = [sys.executable, "-m", "pytest", str(ROOT / "bench"), "-p", "no:cacheprovider", "--benchmark-enable",
-               "--benchmark-storage", f"file://{SAVED}", "--benchmark-columns", "median,iqr,rounds",
-               "--benchmark-sort", "name", *extra]
-    return subprocess.call(command, cwd=ROOT)
+    command = [sys.executable, "-m", "pytest", *(str(ROOT / "bench" / suite) for suite in SUITES),
+               "-p", "no:cacheprovider", "--benchmark-enable", "--benchmark-storage", f"file://{SAVED}",
+               "--benchmark-columns", "median,iqr,rounds", "--benchmark-sort", "name", *extra]
+    process = subprocess.Popen(command, cwd=ROOT, preexec_fn=_default_sigint)
+    # On Ctrl-C pytest stops after the current benchmark and still writes its JSON; this process
+    # waits for that and then writes the report of what was timed.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _default_sigint():
+    # A process started in the background inherits an ignored SIGINT; pytest needs it to stop cleanly.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def paths(results=RESULTS):
@@ -56,7 +73,9 @@ def run(results=RESULTS, collect_only=False) -> int:
         os.replace(tmp_json, json_path)
     print(write(json_path, md_path, png_path))
     print(f"\nwrote {json_path}, {md_path.name} and {png_path.name}")
-    if code:
+    if code == 2:
+        print("bench: interrupted; the report holds what was timed before that", file=sys.stderr)
+    elif code:
         print("bench: some benchmarks failed (a variant that disagrees with eager is not timed); see above",
               file=sys.stderr)
     return code

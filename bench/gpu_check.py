@@ -13,7 +13,8 @@ no network) and writes at most 5 files into --out:
 --fast runs a smoke subset (the LeNet-shape cases of every op, the model, the GPU-only cases and
 a one-round benchmark at a tiny batch) for a first call. --dry-run starts every step but has pytest
 only collect, so a machine without a GPU can check that nothing is missing. Every step has a time
-limit; a step that runs past it is stopped, says so in its log, and the next step still runs.
+limit; a step that runs past it gets Ctrl-C (pytest then writes its summary, and the benchmark the
+results it has), says so in its log, and the next step still runs.
 """
 
 import importlib.util
@@ -32,7 +33,10 @@ from . import variants
 ROOT = Path(__file__).resolve().parents[1]
 
 # Seconds per step, chosen so that the whole check ends inside one 10-minute call.
-TIME_LIMITS = {"full": {"tests": 330, "bench": 230}, "fast": {"tests": 60, "bench": 45}}
+TIME_LIMITS = {"full": {"tests": 290, "bench": 220}, "fast": {"tests": 60, "bench": 45}}
+# After its limit a step gets Ctrl-C and this long to wrap up (pytest's summary, the benchmark's
+# JSON and report) before it is killed.
+GRACE_SECONDS = 25
 
 SMOKE_TESTS = ["tests/test_conv.py::test_lenet_shapes", "tests/test_pool.py::test_lenet_shapes",
                "tests/test_linear.py::test_lenet_shapes", "tests/test_model.py",
@@ -87,16 +91,26 @@ def run_step(name: str, command: list, log: Path, limit: float, env=None) -> tup
         handle.write(f"$ {' '.join(command)}\n\n")
         handle.flush()
         process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_default_sigint)
         try:
             code = process.wait(timeout=limit)
             status = "ok" if code == 0 else f"exit {code}"
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            # Ctrl-C first: pytest then ends its session, so the log has its summary and the
+            # benchmark still writes what it timed. Killed if it does not stop.
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
             status = f"stopped at its {limit:.0f} s limit"
         handle.write(f"\n[{name}: {status} after {time.perf_counter() - start:.0f} s]\n")
     return status, time.perf_counter() - start
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def last_line(path: Path, must_contain: str = "") -> str:
