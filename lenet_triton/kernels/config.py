@@ -5,6 +5,8 @@ per program instance, so there we launch few, large programs; on a GPU we use ti
 streaming multiprocessors and keep registers in check.
 """
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -122,3 +124,53 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return "ieee"
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole-network LeNet kernels (kernels/lenet.py)
+# ------------------------------------------------------------------------------------------------
+
+# GPU: tiles as large as 16 samples (the fc GEMMs' 16 rows), but small enough that a batch still
+# gives one tile per SM of an H100 (batch 256: tiles of 1; 4096: tiles of 16 on 256 programs). The
+# reduction chunks are 32, the fc outputs one chunk of 128 (120 and 84). Untuned: to be measured.
+_GPU_SMS = 132
+_GPU_LENET_MAX_SAMPLES = 16
+_GPU_LENET_TILE = dict(BLOCK_R1=128, BLOCK_R2=64, BLOCK_K2=32, BLOCK_KD=32, FC_BK=32, FC_BN=128)
+_GPU_LENET_WARPS = 4
+_GPU_REDUCE_BLOCK = 1024
+# Interpreter: up to 64 samples per tile, each stage in as few, large tl ops as the element budget
+# allows, and one program that walks every tile (so one partial row and a trivial reduction).
+_INTERPRETER_LENET_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class LeNetPlan:
+    samples: int            # samples per tile
+    programs: int           # programs of the backward and training kernels (the forward runs one per tile)
+    tiles_per_program: int
+    tile: dict              # the kernels' tile constexprs
+    num_warps: int
+    reduce_block: int       # parameter elements per program of lenet_reduce_kernel
+
+
+def lenet_plan(batch: int, in_channels: int) -> LeNetPlan:
+    """How the whole-network kernels split a batch: tile sizes, programs, tiles per program."""
+    k1 = max(MIN_DOT_TILE, triton.next_power_of_2(in_channels * 25))
+    if _interpreter_plan():
+        samples = min(_INTERPRETER_LENET_SAMPLES, triton.next_power_of_2(batch))
+        # conv1's patch tile (rows x K1) is the largest; halve the tile until it fits Triton's limit.
+        while samples > 1 and triton.next_power_of_2(samples * 196) * k1 > _INTERPRETER_TILE_ELEMENTS:
+            samples //= 2
+        block_r1 = triton.next_power_of_2(samples * 196)
+        tile = dict(BLOCK_R1=block_r1, BLOCK_R2=max(MIN_DOT_TILE, triton.next_power_of_2(samples * 25)),
+                    BLOCK_K2=256, BLOCK_KD=max(MIN_DOT_TILE, min(512, _INTERPRETER_TILE_ELEMENTS // block_r1)),
+                    FC_BK=512, FC_BN=128)
+        tiles = triton.cdiv(batch, samples)
+        return LeNetPlan(samples, 1, tiles, dict(tile, SAMPLES=samples, FC_ROWS=max(MIN_DOT_TILE, samples), K1=k1),
+                         num_warps=1, reduce_block=1 << 16)
+    samples = min(_GPU_LENET_MAX_SAMPLES, 1 << (max(1, batch // _GPU_SMS).bit_length() - 1))
+    tiles = triton.cdiv(batch, samples)
+    programs = min(tiles, _GPU_MIN_PROGRAMS)
+    return LeNetPlan(samples, programs, triton.cdiv(tiles, programs),
+                     dict(_GPU_LENET_TILE, SAMPLES=samples, FC_ROWS=max(MIN_DOT_TILE, samples), K1=k1),
+                     num_warps=_GPU_LENET_WARPS, reduce_block=_GPU_REDUCE_BLOCK)

@@ -1,0 +1,209 @@
+"""TrainStep: a whole LeNet training step (forward, mean cross-entropy, backward and the optimizer's
+update) in two Triton launches.
+
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    loss = step(images, labels)          # the parameters are updated in place
+
+The optimizer stays an ordinary torch.optim.SGD or Adam: its hyperparameters are read at every
+step (so a learning-rate scheduler keeps working), and its state lives in `optimizer.state` in
+torch's own format (momentum_buffer; exp_avg, exp_avg_sq and step), so eager steps and TrainStep
+steps can be mixed at any time. The step does not sync with the host and, after the first call
+for a batch size, allocates nothing, so it can be captured in a CUDA graph: cuda_graph=True does
+that and replays it with each new batch copied into static inputs.
+"""
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .kernels import lenet as fused
+from .model import LeNet
+
+SUPPORTED_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam)
+# Options whose non-default values the fused update does not compute, refused with a clear error.
+_UNSUPPORTED_OPTIONS = {"maximize": False, "amsgrad": False, "differentiable": False,
+                        "decoupled_weight_decay": False}
+
+
+class TrainStep:
+    """One fused training step of `model` (a LeNet, any backend) with `optimizer`.
+
+    Calling it with images (N, C, 32, 32) and int64 labels (N,) in [0, num_classes) returns the mean
+    cross-entropy as a 0-d tensor on the model's device, and updates every parameter in place as
+    optimizer.step() would after loss.backward(). The returned tensor is reused: the next step with
+    the same batch size overwrites it (call .item() or .clone() to keep a value). A label outside
+    [0, num_classes) makes the loss and the update NaN rather than raising, since checking it would
+    need a host sync. Gradients are not stored in p.grad.
+    """
+
+    def __init__(self, model: LeNet, optimizer: torch.optim.Optimizer, *, cuda_graph: bool = False):
+        if not isinstance(model, LeNet):
+            raise TypeError(f"TrainStep: model must be a lenet_triton.LeNet, got {type(model).__name__}")
+        if type(optimizer) not in SUPPORTED_OPTIMIZERS:
+            raise TypeError(f"TrainStep: optimizer must be a torch.optim.SGD or torch.optim.Adam, got "
+                            f"{type(optimizer).__name__}")
+        params = model.fused_parameters()
+        owned = [p for group in optimizer.param_groups for p in group["params"]]
+        if len(owned) != len(params) or {id(p) for p in owned} != {id(p) for p in params}:
+            raise ValueError("TrainStep: the optimizer must hold exactly the model's parameters, each once "
+                             "(e.g. torch.optim.SGD(model.parameters(), ...))")
+        if not all(p.requires_grad for p in params):
+            raise ValueError("TrainStep: every parameter must require grad; the fused step updates all of them")
+        if cuda_graph and params[0].device.type != "cuda":
+            raise ValueError(f"TrainStep: cuda_graph=True needs the model on a CUDA device; it is on "
+                             f"{params[0].device}")
+        self.model, self.optimizer, self.cuda_graph = model, optimizer, cuda_graph
+        self.update = "sgd" if isinstance(optimizer, torch.optim.SGD) else "adam"
+        self._group_of = {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                self._group_of[id(p)] = group
+        self._buffers = {}     # batch size -> fused.TrainBuffers
+        self._graphs = {}      # batch size -> (key, graph, static images, static labels)
+        self._hyper = None
+        self._hyper_values = None
+
+    def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
+        params = self.model.fused_parameters()
+        x, _ = ops.check_lenet("TrainStep", images, params)
+        if x is not images or images.dim() != 4:
+            raise ValueError(f"TrainStep: images must be a contiguous 4-D (N, C, 32, 32) batch, got shape "
+                             f"{tuple(images.shape)}" + ("" if images.dim() != 4 else " (not contiguous)"))
+        if not all(p.is_contiguous() for p in params):
+            raise ValueError("TrainStep: every parameter must be contiguous")
+        self._check_labels(images, labels)
+        batch = images.shape[0]
+        if batch == 0:
+            raise ValueError("TrainStep: the batch is empty; the mean loss of no samples is undefined")
+        buffers = self._buffers.get(batch)
+        if buffers is None:
+            buffers = self._buffers[batch] = fused.TrainBuffers(batch, images.shape[1], params[8].shape[0],
+                                                                params[0])
+        self._refresh_hyperparameters(params)
+        state1, state2, steps, momentum = self._optimizer_state(params)
+        arguments = (params, buffers, state1, state2, steps, momentum)
+        # This is the optimizer's step: tell a learning-rate scheduler so, as optimizer.step() would
+        # (otherwise its first scheduler.step() warns that the optimizer never stepped).
+        self.optimizer._opt_called = True
+        if not self.cuda_graph:
+            self._launch(images, labels, *arguments)
+            return buffers.loss
+        return self._graph_step(images, labels, arguments)
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def _launch(self, images, labels, params, buffers, state1, state2, steps, momentum):
+        fused.train_step(images, labels, params, buffers, self.update, state1, state2, steps, self._hyper, momentum)
+
+    def _graph_step(self, images, labels, arguments):
+        """Replays the captured step when nothing it depends on changed; otherwise runs this step
+        eagerly and, once a step's plan repeats, captures the next one."""
+        params, buffers, state1, state2, steps, momentum = arguments
+        batch = images.shape[0]
+        key = (momentum, *(t.data_ptr() for t in (*params, *state1, *state2, *steps, self._hyper)))
+        captured = self._graphs.get(batch)
+        if captured is not None and captured[0] == key:
+            _, graph, static_images, static_labels = captured
+            static_images.copy_(images)
+            static_labels.copy_(labels)
+            graph.replay()
+            return buffers.loss
+        static_images = torch.empty_like(images)
+        static_labels = torch.empty_like(labels)
+        static_images.copy_(images)
+        static_labels.copy_(labels)
+        self._launch(static_images, static_labels, *arguments)
+        # The step just run compiled every kernel; capture when the next step plans the same way (an
+        # SGD momentum buffer's first step differs from the rest).
+        next_state = self._optimizer_state(params)
+        if next_state[3] == momentum:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._launch(static_images, static_labels, params, buffers, *next_state)
+            self._graphs[batch] = (key, graph, static_images, static_labels)
+        return buffers.loss
+
+    # -- torch.optim state and hyperparameters ------------------------------------------------
+
+    def _check_labels(self, images, labels):
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"TrainStep: labels must be a torch.Tensor, got {type(labels).__name__}")
+        if labels.dtype != torch.int64:
+            raise TypeError(f"TrainStep: labels must be int64 class indices, got dtype {labels.dtype}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"TrainStep: labels must have shape ({images.shape[0]},) to match the images, got "
+                             f"{tuple(labels.shape)}")
+        if labels.device != images.device or not labels.is_contiguous():
+            raise ValueError(f"TrainStep: labels must be a contiguous tensor on {images.device}, got one on "
+                             f"{labels.device}")
+
+    def _group(self, p):
+        group = self._group_of[id(p)]
+        for option, default in _UNSUPPORTED_OPTIONS.items():
+            if group.get(option, default) != default:
+                raise NotImplementedError(f"TrainStep: {type(self.optimizer).__name__}({option}="
+                                          f"{group[option]!r}) is not supported by the fused update")
+        return group
+
+    def _refresh_hyperparameters(self, params):
+        """One float64 row per parameter (kernels.lenet SGD_FIELDS / ADAM_FIELDS), sent to the device
+        only when a value changed, so that a steady step moves nothing from the host."""
+        rows = []
+        for p in params:
+            group = self._group(p)
+            if self.update == "sgd":
+                rows.append([float(group["lr"]), group["momentum"], group["dampening"], float(group["nesterov"]),
+                             group["weight_decay"]])
+            else:
+                beta1, beta2 = group["betas"]
+                rows.append([float(group["lr"]), float(beta1), float(beta2), group["eps"], group["weight_decay"]])
+        if rows != self._hyper_values:
+            values = torch.tensor(rows, dtype=torch.float64)
+            if self._hyper is None:
+                self._hyper = values.to(params[0].device)
+            else:
+                self._hyper.copy_(values)
+            self._hyper_values = rows
+
+    def _optimizer_state(self, params):
+        """(state1, state2, steps, momentum flags) per parameter, creating torch's state where it is
+        missing: for SGD the momentum_buffer (flag 2: the kernel starts it as torch's first step
+        does), for Adam zeroed exp_avg and exp_avg_sq and a step count on the parameter's device."""
+        state1, state2, steps, momentum = [], [], [], []
+        for p in params:
+            state = self.optimizer.state[p]
+            if self.update == "sgd":
+                if self._group(p)["momentum"] == 0:
+                    state1.append(p)
+                    momentum.append(0)
+                else:
+                    buffer = state.get("momentum_buffer")
+                    momentum.append(1 if buffer is not None else 2)
+                    if buffer is None:
+                        state["momentum_buffer"] = torch.empty_like(p)
+                    state1.append(_adopt(state, "momentum_buffer", p))
+                state2.append(p)
+                steps.append(p)
+            else:
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.get_default_dtype(), device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state1.append(_adopt(state, "exp_avg", p))
+                state2.append(_adopt(state, "exp_avg_sq", p))
+                steps.append(_adopt(state, "step", p, scalar=True))
+                momentum.append(0)
+        return tuple(state1), tuple(state2), tuple(steps), tuple(momentum)
+
+
+def _adopt(state, key, p, scalar=False):
+    """state[key] as the kernels read it: on p's device and contiguous, shaped like p (or 0-d for a
+    step count). Anything else (torch's CPU Adam step, a state loaded from elsewhere) is replaced in
+    the optimizer's state by a converted copy, once, so torch and TrainStep keep sharing it."""
+    tensor = state[key]
+    shape = () if scalar else p.shape
+    if tensor.device == p.device and tensor.shape == shape and tensor.is_contiguous():
+        return tensor
+    converted = tensor.detach().to(p.device).reshape(shape).contiguous()
+    state[key] = converted
+    return converted
