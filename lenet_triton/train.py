@@ -9,6 +9,7 @@ import argparse
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,10 +19,11 @@ from tqdm import tqdm
 from . import __version__, data
 from .files import atomic_path, write_json
 from .kernels.config import interpreting
-from .model import LeNet
-from .nn import BACKENDS
+from .model import BACKENDS, LeNet
+from .step import TrainStep
 
 OPTIMIZERS = ("adam", "sgd")
+TRITON_BACKENDS = ("triton", "fused")
 EVAL_BATCH_SIZE = 1024
 
 
@@ -33,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3, help="learning rate")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="adam, or sgd with --momentum")
+    parser.add_argument("--fused-step", action="store_true",
+                        help="train with lenet_triton.TrainStep: forward, loss, backward and the optimizer's "
+                             "update in two Triton launches per step (any backend; best with --backend fused)")
     parser.add_argument("--momentum", type=float, default=0.9, help="momentum for --optimizer sgd")
     parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the batch order")
     parser.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda or cuda:N")
@@ -57,8 +62,9 @@ def resolve_device(requested: str, backend: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"--device: {device} does not exist ({torch.cuda.device_count()} CUDA devices)")
     elif device.type == "cpu":
-        if backend == "triton" and not interpreting():
-            raise ValueError("--device cpu with --backend triton needs Triton's interpreter: set TRITON_INTERPRET=1")
+        if backend in TRITON_BACKENDS and not interpreting():
+            raise ValueError(f"--device cpu with --backend {backend} needs Triton's interpreter: set "
+                             "TRITON_INTERPRET=1")
     else:
         raise ValueError(f"--device: {device.type} is not supported; use cpu or cuda")
     return device
@@ -152,17 +158,20 @@ def plot_curves(path: Path, epochs: list) -> None:
 def train(args) -> dict:
     """Runs a whole training job as described by parsed arguments; returns the metrics it wrote."""
     check_args(args)
-    device = resolve_device(args.device, args.backend)
+    device = resolve_device(args.device, "fused" if args.fused_step else args.backend)
     train_split, test_split = data.load(args.dataset, args.data_dir)
     torch.manual_seed(args.seed)
     model = LeNet(in_channels=train_split.images.shape[1], backend=args.backend).to(device)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
+    step = TrainStep(model, optimizer) if args.fused_step else partial(train_step, model, optimizer)
     shuffle = torch.Generator().manual_seed(args.seed)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    mode = " (Triton interpreter)" if args.backend == "triton" and device.type == "cpu" else ""
-    print(f"training LeNet, backend {args.backend}{mode}, on {device_name(device)}: {args.dataset} "
+    uses_triton = args.backend in TRITON_BACKENDS or args.fused_step
+    mode = " (Triton interpreter)" if uses_triton and device.type == "cpu" else ""
+    how = ", fused training step" if args.fused_step else ""
+    print(f"training LeNet, backend {args.backend}{how}{mode}, on {device_name(device)}: {args.dataset} "
           f"({len(train_split)} train / {len(test_split)} test images), {args.epochs} epochs", flush=True)
-    metrics = {"backend": args.backend, "device": str(device), "device_name": device_name(device),
+    metrics = {"backend": args.backend, "fused_step": args.fused_step, "device": str(device), "device_name": device_name(device),
                "interpreter": mode != "", "dataset": args.dataset, "versions": versions(),
                "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "epochs": []}
     started = time.perf_counter()
@@ -174,7 +183,7 @@ def train(args) -> dict:
         with tqdm(batches(train_split, args.batch_size, shuffle), total=steps, desc=f"epoch {epoch}/{args.epochs}",
                   unit="step", mininterval=1.0, file=sys.stderr) as progress:
             for images, labels in progress:
-                loss = train_step(model, optimizer, images.to(device), labels.to(device)).item()
+                loss = step(images.to(device), labels.to(device)).item()
                 loss_sum, seen = loss_sum + loss * len(labels), seen + len(labels)
                 progress.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
         model.eval()

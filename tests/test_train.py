@@ -1,14 +1,16 @@
-"""Training: the triton and torch backends agree step by step, the CLI writes its files, bad options fail early."""
+"""Training: every backend (and the fused TrainStep) agrees with torch step by step, the CLI writes its files, bad options fail early."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from functools import partial
+
 import pytest
 import torch
 
-from lenet_triton import LeNet, data, train
+from lenet_triton import LeNet, TrainStep, data, train
 from lenet_triton.testing import TOLERANCES
 from conftest import DEVICE
 from test_model import TutorialNet
@@ -25,17 +27,20 @@ LOSS_ATOL, LOSS_RTOL = TOLERANCES[torch.float32]
 def test_backends_give_the_same_losses_step_by_step(optimizer):
     train_split, _ = data.load("digits")
     losses = {}
-    for backend in ("triton", "torch"):
+    for backend, fused_step in (("torch", False), ("triton", False), ("fused", False), ("fused", True)):
         torch.manual_seed(0)
         model = LeNet(backend=backend).to(DEVICE)
         opt = train.make_optimizer(optimizer, model.parameters(), lr=0.01 if optimizer == "sgd" else 1e-3,
                                    momentum=0.9)
+        step = TrainStep(model, opt) if fused_step else partial(train.train_step, model, opt)
         shuffle = torch.Generator().manual_seed(0)
         steps = zip(range(CONVERGENCE_STEPS), train.batches(train_split, 32, shuffle))
-        losses[backend] = torch.stack([train.train_step(model, opt, x.to(DEVICE), y.to(DEVICE)) for _, (x, y) in steps])
-    print("triton", losses["triton"].tolist(), "\ntorch ", losses["torch"].tolist())
-    assert len(set(losses["triton"].tolist())) == CONVERGENCE_STEPS, "each step should change the model"
-    torch.testing.assert_close(losses["triton"], losses["torch"], atol=LOSS_ATOL, rtol=LOSS_RTOL)
+        name = backend + (" + TrainStep" if fused_step else "")
+        losses[name] = torch.stack([step(x.to(DEVICE), y.to(DEVICE)).clone() for _, (x, y) in steps])
+        print(f"{name:18}", losses[name].tolist())
+    for name, values in losses.items():
+        assert len(set(values.tolist())) == CONVERGENCE_STEPS, f"{name}: each step should change the model"
+        torch.testing.assert_close(values, losses["torch"], atol=LOSS_ATOL, rtol=LOSS_RTOL, msg=name)
 
 
 def _small_digits(count=96):
@@ -44,9 +49,12 @@ def _small_digits(count=96):
             data.Split(test_split.images[:count // 2], test_split.labels[:count // 2]))
 
 
-def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch):
+@pytest.mark.parametrize("options", [[], ["--backend", "fused", "--fused-step"]], ids=["default", "fused-step"])
+def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch, options):
     monkeypatch.setattr(data, "load", lambda name, data_dir=None: _small_digits())
-    args = train.build_parser().parse_args(["--epochs", "2", "--batch-size", "48", "--out-dir", str(tmp_path)])
+    # 96 images in batches of 40: a smaller last batch each epoch.
+    args = train.build_parser().parse_args(["--epochs", "2", "--batch-size", "40", "--out-dir", str(tmp_path),
+                                            *options])
     metrics = train.train(args)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.json"]
     written = json.loads((tmp_path / "metrics.json").read_text())
@@ -55,7 +63,8 @@ def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch):
     for epoch in written["epochs"]:
         assert set(epoch) == {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds"}
         assert 0 <= epoch["test_accuracy"] <= 1 and epoch["seconds"] > 0
-    assert written["backend"] == "triton" and {"torch", "triton", "lenet_triton"} <= set(written["versions"])
+    assert written["backend"] == (options[1] if options else "triton")
+    assert written["fused_step"] == ("--fused-step" in options) and {"torch", "triton", "lenet_triton"} <= set(written["versions"])
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     TutorialNet().load_state_dict(torch.load(tmp_path / "checkpoint.pt"))  # a plain state_dict
 
