@@ -65,7 +65,7 @@ def timed(benchmark, fn, *, group: str, variant: str, batch: int, flops: float, 
     benchmark.extra_info.update({
         "group": group, "variant": variant, "batch": batch, "flops_per_call": flops, "peak_gflops": peak_gflops,
         "device": variants.device_name(), "precision": variants.PRECISION, "first_call_seconds": first_call_seconds,
-        "interpreter": not variants.GPU and variant.startswith("triton"), **versions})
+        "interpreter": not variants.GPU and variants.runs_triton(variant), **versions})
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
 
 

@@ -1,4 +1,4 @@
-"""Inference (logits for a batch) of LeNet: eager, torch.compile, the Triton backend and onnxruntime.
+"""Inference (logits for a batch) of LeNet: eager, torch.compile, the Triton backends and onnxruntime.
 
 onnxruntime runs the file that `python -m export onnx` writes, exported from the same weights. Every
 variant's logits must match eager's before it is timed. Inputs already sit where each variant reads
@@ -28,7 +28,7 @@ def onnx_file(tmp_path_factory):
 def make_inference(variant: str, batch: int, onnx_file):
     """(images, predict) where predict() returns logits as a torch tensor."""
     torch.manual_seed(0)
-    model = LeNet(backend="triton" if variant == "triton" else "torch").to(variants.DEVICE).eval()
+    model = LeNet(backend=variants.backend_of(variant)).to(variants.DEVICE).eval()
     images = torch.randn(batch, 1, 32, 32, device=variants.DEVICE)
     if variant.startswith("onnxruntime"):
         import onnxruntime as ort

@@ -1,7 +1,7 @@
 """Training step of LeNet (forward, cross-entropy, backward, SGD step) in every variant of variants.py.
 
-Each variant starts from the same weights and batch as eager; its first step's loss and gradients
-must match eager's before it is timed. That first step also holds any compilation, which is
+Each variant starts from the same weights and batch as eager; its first step's loss and the
+parameters after it must match eager's before it is timed. That first step also holds any compilation, which is
 reported apart (first_call_seconds) and kept out of the step time.
 """
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from bench import variants
 from bench.conftest import first_call, timed
-from lenet_triton import LeNet
+from lenet_triton import LeNet, TrainStep
 from lenet_triton.testing import assert_close
 
 COMPILE_MODES = {"compile-default": "default", "compile-max-autotune": "max-autotune",
@@ -21,10 +21,13 @@ COMPILE_MODES = {"compile-default": "default", "compile-max-autotune": "max-auto
 def make_train_step(variant: str, batch: int):
     """(model, step) where step() runs one training step and returns the loss."""
     torch.manual_seed(0)
-    model = LeNet(backend="triton" if variant.startswith("triton") else "torch").to(variants.DEVICE)
+    model = LeNet(backend=variants.backend_of(variant)).to(variants.DEVICE)
     images = torch.randn(batch, 1, 32, 32, device=variants.DEVICE)
     labels = torch.randint(0, 10, (batch,), device=variants.DEVICE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if variant.startswith("fused-step"):
+        train_step = TrainStep(model, optimizer, cuda_graph=variant == "fused-step-graph")
+        return model, lambda: train_step(images, labels)
 
     def loss_of_batch():
         return F.cross_entropy(model(images), labels)
@@ -46,11 +49,11 @@ _EAGER = {}
 
 
 def eager_reference(batch: int):
-    """Eager's first-step loss and gradients for this batch size (computed once)."""
+    """Eager's first-step loss and parameters after that step, for this batch size (computed once)."""
     if batch not in _EAGER:
         model, step = make_train_step(variants.BASELINE, batch)
         loss = step().detach()
-        _EAGER[batch] = (loss, [p.grad.detach().clone() for p in model.parameters()])
+        _EAGER[batch] = (loss, [p.detach().clone() for p in model.parameters()])
     return _EAGER[batch]
 
 
@@ -60,11 +63,12 @@ def test_train_step(benchmark, variant, batch, peak_gflops, versions):
     torch._dynamo.reset()
     model, step = make_train_step(variant, batch)
     loss, seconds = first_call(step)
-    expected_loss, expected_grads = eager_reference(batch)
-    # A variant that disagrees with eager fails here and is not timed.
+    expected_loss, expected_params = eager_reference(batch)
+    # A variant that disagrees with eager fails here and is not timed. The parameters after the
+    # first step check the gradients (TrainStep keeps none) and the optimizer's update together.
     assert_close(loss.detach(), expected_loss, f"{variant} loss vs eager")
-    for (name, p), expected in zip(model.named_parameters(), expected_grads):
-        assert_close(p.grad, expected, f"{variant} {name}.grad vs eager")
+    for (name, p), expected in zip(model.named_parameters(), expected_params):
+        assert_close(p.detach(), expected, f"{variant} {name} after one step vs eager")
     timed(benchmark, step, group=f"train step, batch {batch}", variant=variant, batch=batch,
           flops=variants.lenet_flops(train=True) * batch, peak_gflops=peak_gflops, versions=versions,
           first_call_seconds=seconds)

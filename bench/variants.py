@@ -12,18 +12,37 @@ from lenet_triton import LeNet
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
 
-# Training step: forward, cross-entropy, backward, SGD step.
+# Training step: forward, cross-entropy, backward, SGD step. "triton": the per-op backend; "fused":
+# the whole-network kernels behind the module and torch's optimizer; "fused-step": lenet_triton.TrainStep
+# (loss and optimizer in the kernels); "fused-step-graph": TrainStep replayed as a CUDA graph.
 TRAIN_VARIANTS = (["eager", "compile-default"] + (["compile-max-autotune", "compile-reduce-overhead"] if GPU else [])
-                  + ["triton", "triton-compile"])
+                  + ["triton", "triton-compile", "fused", "fused-step"] + (["fused-step-graph"] if GPU else []))
+
+
 # Inference: logits for a batch of images.
 def _ort_cuda() -> bool:
     import onnxruntime
     return GPU and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
-INFERENCE_VARIANTS = ["eager", "compile-default", "triton", "onnxruntime-cpu"] + (["onnxruntime-cuda"] if _ort_cuda()
-                                                                                  else [])
+INFERENCE_VARIANTS = (["eager", "compile-default", "triton", "fused", "onnxruntime-cpu"]
+                      + (["onnxruntime-cuda"] if _ort_cuda() else []))
 BASELINE = "eager"
+
+
+def backend_of(variant: str) -> str:
+    """The LeNet backend a training or inference variant runs on."""
+    for backend in ("triton", "fused"):
+        if variant.startswith(backend):
+            return backend
+    return "torch"
+
+
+def runs_triton(variant: str) -> bool:
+    """Whether the variant's time is Triton kernels (the interpreter's, on a CPU)."""
+    return backend_of(variant) != "torch"
+
+
 # Per-op benchmarks: each Triton op against torch.nn.functional.
 OP_IMPLEMENTATIONS = ["torch", "triton"]
 COMPILE_VARIANTS = [v for v in TRAIN_VARIANTS if v.startswith("compile-")]
