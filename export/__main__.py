@@ -15,6 +15,8 @@ def _batch_sizes(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lenet_triton.model import BACKENDS
+
     from .onnx import DEFAULT_OPSET
     from .parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_RTOL
 
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="float32 absolute tolerance on logits")
     parity.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="float32 relative tolerance on logits")
     parity.add_argument("--seed", type=int, default=0, help="seed of the random images")
+    parity.add_argument("--backend", choices=BACKENDS, default="triton",
+                        help="the LeNet backend whose outputs the file is compared with")
     parity.add_argument("--report", type=Path, default=None, help="also write the results as JSON here")
     return parser
 
@@ -55,7 +59,7 @@ def main(argv=None) -> int:
             print(f"wrote {args.out} (opset {args.opset}, {args.out.stat().st_size} bytes, ops: {', '.join(ops)})")
             return EXIT_OK
         report = run_parity(args.onnx_file, args.checkpoint, batch_sizes=args.batch_sizes, atol=args.atol,
-                            rtol=args.rtol, seed=args.seed)
+                            rtol=args.rtol, seed=args.seed, backend=args.backend)
     except (ExportError, ParityInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,8 +1,10 @@
 """Parity: prove with onnxruntime that an exported file computes what the PyTorch model computes.
 
-    python -m export parity PATH --checkpoint CKPT [--batch-sizes 1,7,64] [--atol A --rtol R] [--report FILE]
+    python -m export parity PATH --checkpoint CKPT [--backend triton|fused|torch] [--batch-sizes 1,7,64]
+                            [--atol A --rtol R] [--report FILE]
 
-Runs the PyTorch model (Triton backend; on the GPU when there is one) and onnxruntime (CPU
+Runs the PyTorch model (the per-op Triton backend unless --backend says otherwise; on the GPU when
+there is one) and onnxruntime (CPU
 provider) on the same inputs: random images at each batch size and the embedded digits test
 images. Compares the logits within float32 tolerances and checks that the top-1 class agrees on
 every image. When a case fails, it re-runs that input with every layer's output exposed
@@ -19,6 +21,7 @@ import onnx
 import torch
 
 from lenet_triton import data
+from lenet_triton.model import BACKENDS
 from lenet_triton.files import write_json
 from lenet_triton.testing import TOLERANCES
 
@@ -52,6 +55,7 @@ class Report:
     rtol: float
     torch_device: str
     onnxruntime_provider: str
+    backend: str = "triton"
     passed: bool = True
     cases: list = field(default_factory=list)
 
@@ -144,9 +148,11 @@ def cases(batch_sizes, in_channels: int, seed: int):
 
 
 def run_parity(onnx_path, checkpoint, *, batch_sizes=DEFAULT_BATCH_SIZES, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL,
-               seed: int = 0) -> Report:
+               seed: int = 0, backend: str = "triton") -> Report:
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ParityInputError(f"--batch-sizes must be positive integers, got {list(batch_sizes)}")
+    if backend not in BACKENDS:
+        raise ParityInputError(f"--backend must be one of {BACKENDS}, got {backend!r}")
     if atol < 0 or rtol < 0:
         raise ParityInputError(f"--atol and --rtol must be >= 0, got {atol} and {rtol}")
     proto = load_onnx(onnx_path)
@@ -157,9 +163,9 @@ def run_parity(onnx_path, checkpoint, *, batch_sizes=DEFAULT_BATCH_SIZES, atol=D
     except ExportError as error:
         raise ParityInputError(str(error)) from None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device)
+    model = model.to(device).with_backend(backend)
     session = _session(proto, optimize=True)
-    report = Report(str(onnx_path), str(checkpoint), atol, rtol, str(device), "CPUExecutionProvider")
+    report = Report(str(onnx_path), str(checkpoint), atol, rtol, str(device), "CPUExecutionProvider", backend)
     for name, images in cases(batch_sizes, in_channels, seed):
         with torch.no_grad():
             expected = model(images.to(device)).cpu().numpy()
@@ -178,7 +184,8 @@ def run_parity(onnx_path, checkpoint, *, batch_sizes=DEFAULT_BATCH_SIZES, atol=D
 
 def format_table(report: Report) -> str:
     header = f"{'case':<8} {'batch':>5} {'max abs err':>12} {'max rel err':>12} {'top-1 agree':>11}  result"
-    lines = [f"onnxruntime ({report.onnxruntime_provider}) vs PyTorch (Triton backend on {report.torch_device}); "
+    lines = [f"onnxruntime ({report.onnxruntime_provider}) vs PyTorch (LeNet backend {report.backend!r} on "
+             f"{report.torch_device}); "
              f"pass = |ort - torch| <= {report.atol:g} + {report.rtol:g}*|torch| everywhere and top-1 agrees",
              header, "-" * len(header)]
     for c in report.cases:

@@ -132,6 +132,22 @@ def test_other_opsets_export_and_pass_parity(checkpoint, tmp_path, opset):
     assert report.passed, parity.format_table(report)
 
 
+@pytest.mark.parametrize("backend", ["fused", "torch"])
+def test_every_backend_exports_the_same_graph(checkpoint, tmp_path, backend):
+    model = onnx_export.load_checkpoint(checkpoint)
+    per_op = onnx_export.export_onnx(model, tmp_path / "per-op.onnx")
+    other = onnx_export.export_onnx(model.with_backend(backend), tmp_path / f"{backend}.onnx")
+    assert other.graph == per_op.graph
+
+
+def test_parity_against_the_fused_backend(exported, checkpoint, capsys):
+    """The file against the whole-network kernels (tail tiles: 65 is one past a 64-sample tile)."""
+    code = export_main(["parity", str(exported), "--checkpoint", str(checkpoint), "--batch-sizes", "3,65",
+                        "--backend", "fused"])
+    out = capsys.readouterr().out
+    assert code == 0 and "LeNet backend 'fused'" in out and "parity PASSED" in out, out
+
+
 def test_three_channel_model_exports(tmp_path):
     path = tmp_path / "cifar.pt"
     torch.save(LeNet(in_channels=3).state_dict(), path)
