@@ -62,7 +62,9 @@ def recorded_launches(run: bool = True):
 
     With run=False each launch is replaced by a no-op, so that only host work remains (argument
     checks, dispatch, autograd, launch planning): what the host-time benchmark times. The kernels
-    then write nothing, and their outputs hold whatever the allocator gave.
+    then write nothing, and their outputs hold whatever the allocator gave. Any other Triton
+    kernel launched inside such a block raises RuntimeError, so a no-launch timing can never
+    silently include real kernels.
     """
     launches = []
     kernels = _lenet_kernels()
@@ -76,11 +78,30 @@ def recorded_launches(run: bool = True):
 
         # Instance attribute: `kernel[grid](...)` calls self.run(grid=..., warmup=False, ...).
         kernel.run = recording
+    guarded = [] if run else _kernel_classes()
+    for cls in guarded:
+        cls.run, cls._unguarded_run = _refuse_launch, cls.run
     try:
         yield launches
     finally:
         for kernel in kernels:
             del kernel.run
+        for cls in guarded:
+            cls.run = cls._unguarded_run
+            del cls._unguarded_run
+
+
+def _refuse_launch(self, *args, **kwargs):
+    raise RuntimeError(f"Triton kernel {getattr(self, '__name__', self)!r} was launched inside "
+                       "recorded_launches(run=False), which stubs only lenet_triton's kernels: it would run for real")
+
+
+def _kernel_classes() -> list:
+    """Triton's classes whose run() launches a kernel, compiled and interpreted."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    return [JITFunction, InterpretedFunction]
 
 
 def _lenet_kernels() -> list:

@@ -1,7 +1,10 @@
 """lenet_triton.testing.recorded_launches: counts every launch, and with run=False really launches
 nothing (the host-time benchmark relies on that), then puts the kernels back."""
 
+import pytest
 import torch
+import triton
+import triton.language as tl
 
 from lenet_triton import LeNet
 from lenet_triton.kernels import linear
@@ -41,3 +44,18 @@ def test_a_lenet_step_launches_every_kernel_family():
     # 7 forward and 11 backward, plus a split-K reduction where the GPU plan splits a long sum.
     main = [launch.kernel for launch in launches if launch.kernel != "sum_partials_kernel"]
     assert len(main) == 18, main
+
+
+@triton.jit
+def _outside_kernel(x_ptr):
+    tl.store(x_ptr, 1.0)
+
+
+def test_a_kernel_that_is_not_stubbed_is_refused_not_run():
+    x = torch.zeros(1, device=DEVICE)
+    with pytest.raises(RuntimeError, match="_outside_kernel.*would run for real"):
+        with recorded_launches(run=False):
+            _outside_kernel[(1,)](x)
+    assert x.item() == 0
+    _outside_kernel[(1,)](x)  # launches again once the block is left
+    assert x.item() == 1
