@@ -65,3 +65,14 @@ def test_pool_and_partial_sums_with_gpu_blocks(gpu_plan):
     partials, out = randn(5, 3000), empty(3000)
     reduce.sum_partials(partials, out)
     assert_close(out, partials.sum(0), "sum_partials")
+
+
+def test_host_integer_helpers_match_triton():
+    """config's plain-int cdiv and next_power_of_2 (cheaper on the host) agree with triton's."""
+    import triton
+    for n in range(1, 5000):
+        assert config.next_power_of_2(n) == triton.next_power_of_2(n), n
+    assert config.next_power_of_2(2**40 + 1) == triton.next_power_of_2(2**40 + 1) == 2**41
+    for a in range(0, 200):
+        for b in range(1, 40):
+            assert config.cdiv(a, b) == triton.cdiv(a, b), (a, b)

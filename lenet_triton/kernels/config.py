@@ -5,6 +5,7 @@ per program instance, so there we launch few, large programs; on a GPU we use ti
 streaming multiprocessors and keep registers in check.
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -51,13 +52,35 @@ def _interpreter_plan() -> bool:
     return _INTERPRETER_PLAN
 
 
+# Host-side integer helpers. triton.cdiv and triton.next_power_of_2 go through Triton's constexpr-
+# function wrapper, which costs about a microsecond per call; the launchers call these ~100 times
+# per LeNet training step, so plain int arithmetic is worth having.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
 def _pow2_tile(extent: int, cap: int) -> int:
-    return max(MIN_DOT_TILE, min(cap, triton.next_power_of_2(max(extent, 1))))
+    return max(MIN_DOT_TILE, min(cap, next_power_of_2(max(extent, 1))))
+
+
+# The plans below are pure functions of their arguments and the module's settings (which tests
+# patch), cached on both: a training step asks for the same few shapes every time.
+_plan_cache = functools.lru_cache(maxsize=4096)
 
 
 def gemm_tile(rows: int, cols: int, reduction: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K) for a GEMM of rows x cols reducing over `reduction`."""
-    if not _interpreter_plan():
+    return _gemm_tile(rows, cols, reduction, _interpreter_plan())
+
+
+@_plan_cache
+def _gemm_tile(rows: int, cols: int, reduction: int, interpreter_plan: bool) -> tuple[int, int, int]:
+    if not interpreter_plan:
         return tuple(_pow2_tile(extent, cap) for extent, cap in zip((rows, cols, reduction), _GPU_GEMM_TILE))
     # Interpreter: the whole reduction in as few steps as the element budget allows, then as many
     # rows as still fit, so most launches are a handful of programs.
@@ -71,14 +94,19 @@ def split_plan(tiles: int, reduction: int, block_k: int, allow_split: bool = Tru
     """(splits, steps_per_split): how many slices to cut a long reduction into, so that small
     outputs still fill a GPU, and how many BLOCK_K steps each slice takes. An empty reduction is
     one slice of one (masked) step, so the kernel still writes its output."""
-    steps = max(1, triton.cdiv(reduction, block_k))
+    return _split_plan(tiles, reduction, block_k, allow_split, _interpreter_plan(), _GPU_MIN_PROGRAMS)
+
+
+@_plan_cache
+def _split_plan(tiles, reduction, block_k, allow_split, interpreter_plan, min_programs) -> tuple[int, int]:
+    steps = max(1, cdiv(reduction, block_k))
     splits = 1
-    if allow_split and not _interpreter_plan():
-        wanted = triton.cdiv(_GPU_MIN_PROGRAMS, max(tiles, 1))
+    if allow_split and not interpreter_plan:
+        wanted = cdiv(min_programs, max(tiles, 1))
         # Each slice keeps at least 4 reduction steps, so partial sums stay worth their bytes.
         splits = max(1, min(wanted, steps // 4))
-    steps_per_split = triton.cdiv(steps, splits)
-    return triton.cdiv(steps, steps_per_split), steps_per_split
+    steps_per_split = cdiv(steps, splits)
+    return cdiv(steps, steps_per_split), steps_per_split
 
 
 def partial_buffer(shape, like: torch.Tensor) -> torch.Tensor:
@@ -89,7 +117,7 @@ def partial_buffer(shape, like: torch.Tensor) -> torch.Tensor:
 
 def elementwise_block(numel: int) -> int:
     cap = _INTERPRETER_ELEMENTWISE_BLOCK if _interpreter_plan() else _GPU_ELEMENTWISE_BLOCK
-    return min(cap, triton.next_power_of_2(max(numel, 1)))
+    return min(cap, next_power_of_2(max(numel, 1)))
 
 
 def index_dtype(*tensors: torch.Tensor, extra: int = 0):
@@ -155,22 +183,22 @@ class LeNetPlan:
 
 def lenet_plan(batch: int, in_channels: int) -> LeNetPlan:
     """How the whole-network kernels split a batch: tile sizes, programs, tiles per program."""
-    k1 = max(MIN_DOT_TILE, triton.next_power_of_2(in_channels * 25))
+    k1 = max(MIN_DOT_TILE, next_power_of_2(in_channels * 25))
     if _interpreter_plan():
-        samples = min(_INTERPRETER_LENET_SAMPLES, triton.next_power_of_2(batch))
+        samples = min(_INTERPRETER_LENET_SAMPLES, next_power_of_2(batch))
         # conv1's patch tile (rows x K1) is the largest; halve the tile until it fits Triton's limit.
-        while samples > 1 and triton.next_power_of_2(samples * 196) * k1 > _INTERPRETER_TILE_ELEMENTS:
+        while samples > 1 and next_power_of_2(samples * 196) * k1 > _INTERPRETER_TILE_ELEMENTS:
             samples //= 2
-        block_r1 = triton.next_power_of_2(samples * 196)
-        tile = dict(BLOCK_R1=block_r1, BLOCK_R2=max(MIN_DOT_TILE, triton.next_power_of_2(samples * 25)),
+        block_r1 = next_power_of_2(samples * 196)
+        tile = dict(BLOCK_R1=block_r1, BLOCK_R2=max(MIN_DOT_TILE, next_power_of_2(samples * 25)),
                     BLOCK_K2=256, BLOCK_KD=max(MIN_DOT_TILE, min(512, _INTERPRETER_TILE_ELEMENTS // block_r1)),
                     FC_BK=512, FC_BN=128)
-        tiles = triton.cdiv(batch, samples)
+        tiles = cdiv(batch, samples)
         return LeNetPlan(samples, 1, tiles, dict(tile, SAMPLES=samples, FC_ROWS=max(MIN_DOT_TILE, samples), K1=k1),
                          num_warps=1, reduce_block=1 << 16)
     samples = min(_GPU_LENET_MAX_SAMPLES, 1 << (max(1, batch // _GPU_SMS).bit_length() - 1))
-    tiles = triton.cdiv(batch, samples)
+    tiles = cdiv(batch, samples)
     programs = min(tiles, _GPU_MIN_PROGRAMS)
-    return LeNetPlan(samples, programs, triton.cdiv(tiles, programs),
+    return LeNetPlan(samples, programs, cdiv(tiles, programs),
                      dict(_GPU_LENET_TILE, SAMPLES=samples, FC_ROWS=max(MIN_DOT_TILE, samples), K1=k1),
                      num_warps=_GPU_LENET_WARPS, reduce_block=_GPU_REDUCE_BLOCK)

@@ -263,7 +263,7 @@ def conv2d_forward(x, weight, bias, y, stride, pads, dilation, groups, apply_rel
     geometry = _geometry(x, weight, y, stride, pads, dilation, groups)
     rows, cols, red = y.shape[0] * y.shape[2] * y.shape[3], geometry[6], geometry[5] * geometry[7] * geometry[8]
     bm, bn, bk = config.gemm_tile(rows, cols, red)
-    grid = (triton.cdiv(rows, bm), triton.cdiv(cols, bn), groups)
+    grid = (config.cdiv(rows, bm), config.cdiv(cols, bn), groups)
     conv2d_forward_kernel[grid](
         x, weight, bias if bias is not None else weight, y, *geometry,
         *x.stride(), *weight.stride(), *y.stride(),
@@ -281,7 +281,7 @@ def conv2d_grad_input(grad_y, y, weight, dx, stride, pads, dilation, groups, gat
     geometry = _geometry(dx, weight, grad_y, stride, pads, dilation, groups)
     rows, cols, red = dx.shape[0] * dx.shape[2] * dx.shape[3], geometry[5], geometry[6] * geometry[7] * geometry[8]
     bm, bn, bk = config.gemm_tile(rows, cols, red)
-    grid = (triton.cdiv(rows, bm), triton.cdiv(cols, bn), groups)
+    grid = (config.cdiv(rows, bm), config.cdiv(cols, bn), groups)
     conv2d_grad_input_kernel[grid](
         grad_y, y, weight, dx, *geometry,
         *grad_y.stride(), *y.stride(), *weight.stride(), *dx.stride(),
@@ -298,7 +298,7 @@ def conv2d_grad_weight(grad_y, y, x, dw, db, stride, pads, dilation, groups, gat
     rows, cols = geometry[6], geometry[5] * geometry[7] * geometry[8]
     red = grad_y.shape[0] * grad_y.shape[2] * grad_y.shape[3]
     bm, bn, bk = config.gemm_tile(rows, cols, red)
-    tiles = triton.cdiv(rows, bm) * triton.cdiv(cols, bn)
+    tiles = config.cdiv(rows, bm) * config.cdiv(cols, bn)
     splits, steps_per_split = config.split_plan(tiles * groups, red, bk)
     dw_out = dw if splits == 1 else config.partial_buffer((splits, *dw.shape), dw)
     db_out = db if splits == 1 or db is None else config.partial_buffer((splits, c_out), dw)

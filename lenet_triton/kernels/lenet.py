@@ -596,14 +596,14 @@ def forward(x, params, logits, act, win):
     """logits = LeNet(x) for contiguous x (batch >= 1) and params; fills act and win (activation_buffers)."""
     batch, in_channels, num_classes = _shape(x, logits)
     plan = config.lenet_plan(batch, in_channels)
-    lenet_forward_kernel[(triton.cdiv(batch, plan.samples),)](
+    lenet_forward_kernel[(config.cdiv(batch, plan.samples),)](
         x, tuple(params), logits, act, win, batch, **_tile_args(plan, in_channels, num_classes, x.dtype))
 
 
 def _reduce(partial, programs, grads, params, state1, state2, steps, hyper, sizes, update, momentum, loss_partial,
             loss, inv_batch, plan):
     block = plan.reduce_block
-    lenet_reduce_kernel[(triton.cdiv(max(sizes), block), NUM_PARAMS)](
+    lenet_reduce_kernel[(config.cdiv(max(sizes), block), NUM_PARAMS)](
         partial, programs, loss_partial, loss, inv_batch, tuple(grads), tuple(params), tuple(state1), tuple(state2),
         tuple(steps), hyper, sizes=sizes, offsets=param_offsets(sizes), TOTAL=sum(sizes), UPDATE=update,
         MOMENTUM=momentum, HAS_LOSS=loss is not None, ACC=config.accumulator_dtype(partial.dtype), BLOCK=block)

@@ -77,7 +77,7 @@ def _launch(a, b, c, *, gate=None, bias=None, rowsum=None, apply_relu=False, all
     (m, k), n = a.shape, b.shape[1]
     bm, bn, bk = config.gemm_tile(m, n, k)
     # At least one column tile: with N = 0 columns it still writes the row sums (the bias gradient).
-    tiles = (triton.cdiv(m, bm), max(1, triton.cdiv(n, bn)))
+    tiles = (config.cdiv(m, bm), max(1, config.cdiv(n, bn)))
     splits, steps_per_split = config.split_plan(tiles[0] * tiles[1], k, bk, allow_split)
     c_out, rowsum_out = c, rowsum
     if splits > 1:

@@ -96,7 +96,7 @@ def max_pool2d_forward(x, y, indices, kernel_size, stride, padding, dilation):
     n, c, h, w = x.shape
     oh, ow = y.shape[2:]
     block = config.elementwise_block(y.numel())
-    max_pool2d_forward_kernel[(triton.cdiv(y.numel(), block),)](
+    max_pool2d_forward_kernel[(config.cdiv(y.numel(), block),)](
         x, y, indices, n, c, h, w, oh, ow, *kernel_size, *stride, *padding, *dilation,
         *x.stride(), *y.stride(), IDX=config.index_dtype(x, y, extra=x.numel()), BLOCK=block,
     )
@@ -107,7 +107,7 @@ def max_pool2d_backward(grad_y, indices, dx, kernel_size, stride, padding, dilat
     n, c, h, w = dx.shape
     oh, ow = grad_y.shape[2:]
     block = config.elementwise_block(dx.numel())
-    max_pool2d_backward_kernel[(triton.cdiv(dx.numel(), block),)](
+    max_pool2d_backward_kernel[(config.cdiv(dx.numel(), block),)](
         grad_y, indices, dx, n, c, h, w, oh, ow, *kernel_size, *stride, *padding, *dilation,
         *grad_y.stride(), *indices.stride(), *dx.stride(),
         IDX=config.index_dtype(grad_y, indices, dx, extra=dx.numel()),

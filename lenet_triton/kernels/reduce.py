@@ -21,5 +21,5 @@ def sum_partials(partials, out):
     """Reduces contiguous partials of shape (splits, *out.shape) into the contiguous tensor out."""
     numel = out.numel()
     block = config.elementwise_block(numel)
-    sum_partials_kernel[(triton.cdiv(numel, block),)](
+    sum_partials_kernel[(config.cdiv(numel, block),)](
         partials, out, partials.shape[0], numel, IDX=config.index_dtype(partials), BLOCK=block)
