@@ -25,6 +25,7 @@ __all__ = ["conv2d", "max_pool2d", "linear", "lenet", "LENET_PARAMETERS", "ACTIV
 
 ACTIVATIONS = (None, "relu")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SUPPORTED_DTYPES = frozenset(SUPPORTED_DTYPES)
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -35,6 +36,8 @@ IntOrPair = Union[int, Sequence[int]]
 
 def _pair(op: str, name: str, value, *, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints -> (h, w), each at least `minimum`."""
+    if type(value) is int and value >= minimum:  # the common case, kept cheap
+        return value, value
     items = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
     try:
         items = tuple(items)
@@ -51,19 +54,21 @@ def _pair(op: str, name: str, value, *, minimum: int) -> tuple[int, int]:
 
 def _check_tensors(op: str, **tensors: Optional[Tensor]) -> None:
     """Every given tensor is a floating tensor of one supported dtype, on one device the kernels run on."""
-    given = {name: t for name, t in tensors.items() if t is not None}
-    for name, t in given.items():
+    first_name = first = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
         if not isinstance(t, Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in SUPPORTED_DTYPES:
+        if t.dtype not in _SUPPORTED_DTYPES:
             raise TypeError(f"{op}: {name} has dtype {t.dtype}; expected one of "
                             f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
-    (first_name, first), *rest = given.items()
-    for name, t in rest:
-        if t.dtype != first.dtype:
+        if first is None:
+            first_name, first = name, t
+        elif t.dtype != first.dtype:
             raise TypeError(f"{op}: {name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
                             "cast them to one dtype")
-        if t.device != first.device:
+        elif t.device != first.device:
             raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}; "
                              "move them to one device")
     _check_device(op, first_name, first)
@@ -112,6 +117,87 @@ def _empty_like_layout(x: Tensor, shape, dtype: Optional[torch.dtype] = None) ->
 
 
 # --------------------------------------------------------------------------------------------
+# Custom ops, and a direct path for plain eager calls
+# --------------------------------------------------------------------------------------------
+
+_PLAIN_TENSORS = frozenset((Tensor, torch.nn.Parameter))
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_transforms = torch._C._are_functorch_transforms_active
+
+
+def _wants_grad(args) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+
+
+def _plain_eager(args) -> bool:
+    """True when a call gets real tensors and nothing traces or transforms it (no torch.compile or
+    torch.export, no dispatch mode such as FakeTensorMode, no functorch transform, no tensor
+    subclass, no meta tensor). Only then may an op skip its custom op and call its kernels directly."""
+    if torch.compiler.is_compiling():  # first: under dynamo this folds to a constant, nothing else is traced
+        return False
+    if _dispatch_modes() or _functorch_transforms():
+        return False
+    for arg in args:
+        if type(arg) in _PLAIN_TENSORS:
+            if arg.is_meta:
+                return False
+        elif isinstance(arg, Tensor):
+            return False
+        elif type(arg) is list and not all(type(t) in _PLAIN_TENSORS and not t.is_meta for t in arg
+                                           if isinstance(t, Tensor)):
+            return False
+    return True
+
+
+class _KernelOp:
+    """A `lenet_triton` torch.library custom op that plain eager calls bypass.
+
+    Graphs (torch.compile, torch.export, ONNX export) and fake or transformed tensors always see the
+    custom op, whole. A plain eager call (see _plain_eager) runs the same implementation directly,
+    and, for an op with autograd, through a torch.autograd.Function built from the op's own
+    formulas: same kernels, same results, without the custom op's dispatch layers, which cost more
+    host time than the rest of a small op call.
+    """
+
+    def __init__(self, name: str, impl):
+        self.impl = impl
+        self.op = torch.library.custom_op(name, impl, mutates_args=())
+        self.eager = impl  # what a plain eager call runs
+        self.differentiable = False
+
+    def register_fake(self, fake):
+        return self.op.register_fake(fake)
+
+    def register_autograd(self, backward, *, setup_context):
+        self.op.register_autograd(backward, setup_context=setup_context)
+        impl = self.impl
+
+        # forward(ctx, ...) rather than a separate setup_context: apply() then skips binding the
+        # arguments to a signature, which costs more than the rest of the call.
+        def forward(ctx, *args):
+            output = impl(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        function = type(f"{impl.__name__}_function", (torch.autograd.Function,), {
+            "forward": staticmethod(forward), "backward": staticmethod(backward)})
+        self.eager = function.apply
+        self.differentiable = True
+
+    def __call__(self, *args):
+        # An op without autograd (a backward op) that autograd would need, as in a double backward,
+        # goes to the custom op, which refuses it clearly, instead of silently giving no gradient.
+        if _plain_eager(args) and (self.differentiable or not _wants_grad(args)):
+            return self.eager(*args)
+        return self.op(*args)
+
+
+def _kernel_op(name: str):
+    """Decorator: the function becomes the implementation of custom op `name` (see _KernelOp)."""
+    return lambda impl: _KernelOp(name, impl)
+
+
+# --------------------------------------------------------------------------------------------
 # conv2d
 # --------------------------------------------------------------------------------------------
 
@@ -125,7 +211,7 @@ def _conv_output_shape(x: Tensor, weight: Tensor, stride, pads, dilation) -> lis
             _conv_output_size(x.shape[3], pads[1], pads[3], weight.shape[3], stride[1], dilation[1])]
 
 
-@torch.library.custom_op("lenet_triton::conv2d", mutates_args=())
+@_kernel_op("lenet_triton::conv2d")
 def _conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], pads: Sequence[int],
             dilation: Sequence[int], groups: int, relu: bool) -> Tensor:
     """conv2d on a 4-D input; pads = (top, left, bottom, right), as ONNX orders them."""
@@ -140,7 +226,7 @@ def _(x, weight, bias, stride, pads, dilation, groups, relu):
     return _empty_like_layout(x, _conv_output_shape(x, weight, stride, pads, dilation))
 
 
-@torch.library.custom_op("lenet_triton::conv2d_grad_input", mutates_args=())
+@_kernel_op("lenet_triton::conv2d_grad_input")
 def _conv2d_grad_input(grad_y: Tensor, y: Optional[Tensor], x: Tensor, weight: Tensor, stride: Sequence[int],
                        pads: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
     """Gradient of conv2d with respect to x (used for its shape and layout only); y given = fused ReLU."""
@@ -155,7 +241,7 @@ def _(grad_y, y, x, weight, stride, pads, dilation, groups):
     return _empty_like_layout(x, x.shape)
 
 
-@torch.library.custom_op("lenet_triton::conv2d_grad_weight", mutates_args=())
+@_kernel_op("lenet_triton::conv2d_grad_weight")
 def _conv2d_grad_weight(grad_y: Tensor, y: Optional[Tensor], x: Tensor, weight: Tensor, stride: Sequence[int],
                         pads: Sequence[int], dilation: Sequence[int], groups: int) -> tuple[Tensor, Tensor]:
     """Gradients of conv2d with respect to the weight and the bias; y given = fused ReLU."""
@@ -267,7 +353,7 @@ def _pool_output_shape(x: Tensor, kernel_size, stride, padding, dilation, ceil_m
                                                ceil_mode) for a in range(2)]
 
 
-@torch.library.custom_op("lenet_triton::max_pool2d", mutates_args=())
+@_kernel_op("lenet_triton::max_pool2d")
 def _max_pool2d(x: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                 dilation: Sequence[int], ceil_mode: bool) -> tuple[Tensor, Tensor]:
     """max_pool2d on a 4-D input: (values, int64 indices into each H*W plane)."""
@@ -285,7 +371,7 @@ def _(x, kernel_size, stride, padding, dilation, ceil_mode):
     return _empty_like_layout(x, shape), _empty_like_layout(x, shape, torch.int64)
 
 
-@torch.library.custom_op("lenet_triton::max_pool2d_backward", mutates_args=())
+@_kernel_op("lenet_triton::max_pool2d_backward")
 def _max_pool2d_backward(grad_y: Tensor, indices: Tensor, x: Tensor, kernel_size: Sequence[int],
                          stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> Tensor:
     """Routes grad_y to the positions in indices; x gives the gradient's shape and layout only."""
@@ -356,7 +442,7 @@ def _rows(t: Tensor) -> Tensor:
     return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 
-@torch.library.custom_op("lenet_triton::linear", mutates_args=())
+@_kernel_op("lenet_triton::linear")
 def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool) -> Tensor:
     """linear over the last dim of x (any leading dims), ReLU fused when relu."""
     y = x.new_empty((*x.shape[:-1], weight.shape[0]))
@@ -370,7 +456,7 @@ def _(x, weight, bias, relu):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.custom_op("lenet_triton::linear_grad_input", mutates_args=())
+@_kernel_op("lenet_triton::linear_grad_input")
 def _linear_grad_input(grad_y: Tensor, y: Optional[Tensor], weight: Tensor) -> Tensor:
     """Gradient of linear with respect to its input; y given = fused ReLU."""
     dx = grad_y.new_empty((*grad_y.shape[:-1], weight.shape[1]))
@@ -385,7 +471,7 @@ def _(grad_y, y, weight):
     return grad_y.new_empty((*grad_y.shape[:-1], weight.shape[1]))
 
 
-@torch.library.custom_op("lenet_triton::linear_grad_weight", mutates_args=())
+@_kernel_op("lenet_triton::linear_grad_weight")
 def _linear_grad_weight(grad_y: Tensor, y: Optional[Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients of linear with respect to the weight and the bias; y given = fused ReLU."""
     dw = x.new_empty((grad_y.shape[-1], x.shape[-1]))
@@ -483,7 +569,7 @@ def check_lenet(op: str, input: Tensor, params: Sequence[Tensor]) -> tuple[Tenso
     return x.contiguous(), [p.contiguous() for p in params]
 
 
-@torch.library.custom_op("lenet_triton::lenet_forward", mutates_args=())
+@_kernel_op("lenet_triton::lenet_forward")
 def _lenet_forward(x: Tensor, params: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """(logits, activations, window winners) of LeNet on contiguous 4-D x; the last two feed the backward."""
     logits = x.new_empty((x.shape[0], params[8].shape[0]))
@@ -499,7 +585,7 @@ def _(x, params):
     return x.new_empty((x.shape[0], params[8].shape[0])), act, win
 
 
-@torch.library.custom_op("lenet_triton::lenet_backward", mutates_args=())
+@_kernel_op("lenet_triton::lenet_backward")
 def _lenet_backward(grad_logits: Tensor, x: Tensor, act: Tensor, win: Tensor, params: list[Tensor]) -> list[Tensor]:
     """Every parameter's gradient (none for the images), summed over the batch in a fixed order."""
     grads = [torch.empty_like(p) for p in params]
@@ -530,6 +616,25 @@ def _lenet_backward_formula(ctx, grad_logits, _grad_act, _grad_win):
 
 
 _lenet_forward.register_autograd(_lenet_backward_formula, setup_context=_lenet_setup_context)
+
+
+class _LeNetFunction(torch.autograd.Function):
+    """lenet_forward's plain eager path (see _KernelOp), taking the parameters as separate inputs:
+    autograd tracks the tensors an autograd.Function gets, not those inside a list."""
+
+    @staticmethod
+    def forward(ctx, x, *params):
+        output = _lenet_forward.impl(x, list(params))
+        _lenet_setup_context(ctx, (x, params), output)
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        _, param_grads = _lenet_backward_formula(ctx, *grads)
+        return None, *param_grads
+
+
+_lenet_forward.eager = lambda x, params: _LeNetFunction.apply(x, *params)
 
 
 def lenet(input: Tensor, params: Sequence[Tensor]) -> Tensor:

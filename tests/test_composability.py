@@ -71,3 +71,57 @@ def test_torch_export_runs_and_matches():
     assert_close(program.module()(x), Small()(x), "exported program output")
     reference = F.relu(F.linear(F.max_pool2d(F.relu(F.conv2d(x, w1, b1, padding=1)), 2).flatten(1), w2, b2))
     assert_close(program.module()(x), reference, "exported program vs torch")
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain eager path: the same kernels as the custom ops, without their dispatch layers
+# ---------------------------------------------------------------------------------------------
+
+def _refusing_custom_ops(monkeypatch):
+    """Makes every lenet_triton custom op raise when called from Python, as the eager path must not."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a plain eager call went through the custom op")
+    for value in vars(ops).values():
+        if isinstance(value, ops._KernelOp):
+            monkeypatch.setattr(value, "op", refuse)
+
+
+def test_plain_eager_calls_skip_the_custom_ops_and_give_the_same_results(monkeypatch):
+    inputs = _params()
+    via_ops = [t.detach().clone().requires_grad_() for t in inputs]
+    x, w1, b1, w2, b2 = via_ops
+    h = torch.ops.lenet_triton.conv2d(x, w1, b1, [1, 1], [1, 1, 1, 1], [1, 1], 1, True)
+    h = torch.ops.lenet_triton.max_pool2d(h, [2, 2], [2, 2], [0, 0], [1, 1], False)[0]
+    expected = torch.ops.lenet_triton.linear(h.flatten(1), w2, b2, True)
+    expected.square().sum().backward()
+    _refusing_custom_ops(monkeypatch)
+    out = _lenet_like(*inputs)
+    out.square().sum().backward()
+    assert torch.equal(out, expected)
+    for ours, theirs in zip(inputs, via_ops):
+        assert torch.equal(ours.grad, theirs.grad)
+
+
+def test_traced_and_fake_calls_still_use_the_custom_ops(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    _refusing_custom_ops(monkeypatch)
+    with FakeTensorMode(), pytest.raises(AssertionError, match="went through the custom op"):
+        ops.linear(torch.randn(2, 3), torch.randn(4, 3))
+    with pytest.raises(AssertionError, match="went through the custom op"):
+        ops.linear(torch.randn(2, 3, device="meta"), torch.randn(4, 3, device="meta"))
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, w1, b1, w2, b2: ops.linear(x.flatten(1)[:, :64], w2, b2, activation="relu"),
+    lambda x, w1, b1, w2, b2: ops.conv2d(x, w1, b1),
+    lambda x, w1, b1, w2, b2: ops.max_pool2d(x, 2),
+], ids=["linear", "conv2d", "max_pool2d"])
+def test_a_second_derivative_is_refused_not_silently_zero(call):
+    """The backward ops have no derivative: under create_graph=True they run as custom ops, whose
+    missing formula torch reports at the second backward, as it always did."""
+    inputs = _params()
+    out = call(*inputs).square().sum()
+    (grad_x,) = torch.autograd.grad(out, [inputs[0]], create_graph=True)
+    with pytest.raises(RuntimeError, match=r"lenet_triton\.\w+_backward|lenet_triton\.\w+_grad_input.*no autograd formula"):
+        grad_x.sum().backward()
