@@ -28,7 +28,7 @@ SAVED = ROOT / ".benchmarks"
 
 
 # Most important first, so that a run stopped early (Ctrl-C, gpu-check's time limit) has the step times.
-SUITES = ["test_train_step.py", "test_inference.py", "test_ops.py"]
+SUITES = ["test_train_step.py", "test_inference.py", "test_host.py", "test_ops.py"]
 
 
 def _pytest(extra) -> int:

@@ -50,9 +50,10 @@ def versions() -> dict:
 
 
 def timed(benchmark, fn, *, group: str, variant: str, batch: int, flops: float, peak_gflops: float, versions: dict,
-          first_call_seconds: float) -> None:
+          first_call_seconds: float, max_rounds: int = variants.MAX_ROUNDS, **extra) -> None:
     """Times fn (already warmed up and checked) with a device sync inside the timer; median and IQR
-    come from pytest-benchmark. The round count aims at variants.TARGET_SECONDS of timed calls."""
+    come from pytest-benchmark. The round count aims at variants.TARGET_SECONDS of timed calls.
+    `extra` goes into the row as is (the host suite's launches and host_only)."""
     def call():
         fn()
         sync()
@@ -60,12 +61,13 @@ def timed(benchmark, fn, *, group: str, variant: str, batch: int, flops: float, 
     start = time.perf_counter()
     call()
     once = time.perf_counter() - start
-    rounds = int(min(variants.MAX_ROUNDS, max(variants.MIN_ROUNDS, variants.TARGET_SECONDS / max(once, 1e-9))))
+    rounds = int(min(max_rounds, max(variants.MIN_ROUNDS, variants.TARGET_SECONDS / max(once, 1e-9))))
     benchmark.group = group
     benchmark.extra_info.update({
         "group": group, "variant": variant, "batch": batch, "flops_per_call": flops, "peak_gflops": peak_gflops,
         "device": variants.device_name(), "precision": variants.PRECISION, "first_call_seconds": first_call_seconds,
-        "interpreter": not variants.GPU and variants.runs_triton(variant), **versions})
+        "interpreter": not variants.GPU and variants.runs_triton(variant) and not extra.get("host_only"),
+        **versions, **extra})
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
 
 

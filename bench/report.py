@@ -56,6 +56,27 @@ def _section(rows, title, expected_variants, baseline) -> list:
     return lines + [""]
 
 
+def _host_section(rows, title, expected_variants, baseline) -> list:
+    """Host-time rows: median with Triton launches stubbed out, launches per call, and the ratio to
+    the yardstick (eager's whole real step) where there is one."""
+    by_variant = {r["variant"]: r for r in rows}
+    yardstick = by_variant.get(baseline) if baseline else None
+    lines = [f"### {title}", "",
+             "Triton launches replaced by no-ops: host work only (argument checks, dispatch, autograd, launch "
+             "planning)" + (f"; `{baseline}` is a whole real step on the torch backend." if yardstick else "."), "",
+             "| variant | median host time | IQR | Triton launches per call |"
+             + (f" vs {baseline} |" if yardstick else ""),
+             "| --- | ---: | ---: | ---: |" + (" ---: |" if yardstick else "")]
+    for variant in expected_variants:
+        r = by_variant.get(variant)
+        if r is None:
+            lines.append(f"| {variant} | not timed: it errored (see the log) | | |" + (" |" if yardstick else ""))
+            continue
+        ratio = f" {r['median'] / yardstick['median']:.2f}x |" if yardstick else ""
+        lines.append(f"| {variant} | {_fmt_time(r['median'])} | {_fmt_time(r['iqr'])} | {r['launches']} |{ratio}")
+    return lines + [""]
+
+
 def render(rows) -> str:
     first = rows[0]
     lines = [f"# lenet_triton benchmark: {first['device']}", "",
@@ -70,8 +91,15 @@ def render(rows) -> str:
     groups = defaultdict(list)
     for r in rows:
         groups[r["group"]].append(r)
-    for group in sorted(groups, key=lambda g: (not g.startswith("train"), not g.startswith("inference"),
-                                               g.split(", batch ")[0], int(g.rsplit(" ", 1)[1]))):
+    order = ("train", "inference", "host: training", "host: op")
+    for group in sorted(groups, key=lambda g: ([not g.startswith(o) for o in order], g.split(", batch ")[0],
+                                               int(g.rsplit(" ", 1)[1]))):
+        if group.startswith("host: training"):
+            lines += _host_section(groups[group], group, variants.HOST_STEP_VARIANTS, variants.BASELINE)
+            continue
+        if group.startswith("host: op"):
+            lines += _host_section(groups[group], group, variants.host_op_rows(), None)
+            continue
         if group.startswith("train"):
             expected, baseline = variants.TRAIN_VARIANTS, variants.BASELINE
         elif group.startswith("inference"):
@@ -87,7 +115,8 @@ def plot(rows, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    _plot_host(axes[2], rows)
     for ax, kind in zip(axes, ("train", "inference")):
         chosen = [r for r in rows if r["group"].startswith(kind)]
         eager = {r["batch"]: r["median"] for r in chosen if r["variant"] == variants.BASELINE}
@@ -105,6 +134,22 @@ def plot(rows, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def _plot_host(ax, rows) -> None:
+    """Host time per training step (launches stubbed), one bar per variant, launches on each bar."""
+    chosen = {r["variant"]: r for r in rows if r["group"].startswith("host: training")}
+    names = [v for v in variants.HOST_STEP_VARIANTS if v in chosen]
+    if not names:
+        ax.set_axis_off()
+        return
+    times = [chosen[v]["median"] * 1e6 for v in names]
+    bars = ax.bar(names, times, color=["tab:grey" if v == variants.BASELINE else "tab:blue" for v in names])
+    for bar, v in zip(bars, names):
+        ax.annotate(f"{chosen[v]['launches']} launches", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set(ylabel="us per step", title=f"host time per training step, batch {variants.HOST_BATCH}\n"
+                                       f"(launches stubbed; eager: a whole real step)")
 
 
 def write(json_path, md_path, png_path) -> str:

@@ -43,6 +43,21 @@ def runs_triton(variant: str) -> bool:
     return backend_of(variant) != "torch"
 
 
+# Host time: the same work with every Triton launch replaced by a no-op, at batch 1, where on a GPU
+# host work is the whole step. "eager" runs a whole real step on the torch backend: the yardstick.
+HOST_BATCH = 1
+HOST_STEP_VARIANTS = ["eager", "triton", "fused", "fused-step"]
+# Host calls take microseconds: many more rounds than the other suites, for a steady median.
+HOST_MAX_ROUNDS = 3000
+# Single op calls, forward and backward, per backend.
+HOST_OP_CALLS = {"triton": ["conv2d+relu", "max_pool2d", "linear+relu"], "fused": ["lenet"]}
+
+
+def host_op_rows() -> list:
+    """The host suite's op-call row names, in report order."""
+    return [f"{backend} {op} {direction}" for backend, names in HOST_OP_CALLS.items() for op in names
+            for direction in ("forward", "backward")]
+
 # Per-op benchmarks: each Triton op against torch.nn.functional.
 OP_IMPLEMENTATIONS = ["torch", "triton"]
 COMPILE_VARIANTS = [v for v in TRAIN_VARIANTS if v.startswith("compile-")]

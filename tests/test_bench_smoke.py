@@ -20,7 +20,8 @@ def test_every_benchmark_runs_once(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), "-q", "-p", "no:cacheprovider",
                            "--benchmark-disable"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    expected = (len(variants.TRAIN_VARIANTS) + len(variants.INFERENCE_VARIANTS)) + 3 * 2 * 2
+    expected = (len(variants.TRAIN_VARIANTS) + len(variants.INFERENCE_VARIANTS) + len(variants.HOST_STEP_VARIANTS)
+                + len(variants.host_op_rows()) + 3 * 2 * 2)
     assert f"{expected} passed" in done.stdout, done.stdout[-2000:]
 
 
@@ -34,6 +35,10 @@ def _fake_run(path):
                                         "first_call_seconds": 0.5, "interpreter": False, "torch": "t",
                                         "triton": "tr", "onnxruntime": "o", "lenet_triton": "l"},
                          "stats": {"median": 0.01 * (i + 1), "iqr": 0.001, "rounds": 10}})
+    for i, name in enumerate(variants.HOST_STEP_VARIANTS):
+        rows.append({"extra_info": {**rows[0]["extra_info"], "group": "host: training step, batch 1", "variant": name,
+                                    "batch": 1, "flops_per_call": 0, "launches": 3 * i, "host_only": i > 0},
+                     "stats": {"median": 1e-3 / (i + 1), "iqr": 1e-5, "rounds": 100}})
     path.write_text(json.dumps({"benchmarks": rows}))
 
 
@@ -50,3 +55,5 @@ def test_report_tables_and_plot(tmp_path):
     assert "0.50x" in compile_row and "1.00x" in compile_row  # vs eager, vs the best compile mode (itself)
     assert f"| {variants.TRAIN_VARIANTS[-1]} | not timed" in text  # a missing variant is reported, not hidden
     assert "vs torch" in text
+    host = text[text.index("### host: training step, batch 1"):]
+    assert f"| {variants.HOST_STEP_VARIANTS[1]} | 500 us | 10 us | 3 | 0.50x |" in host, host
