@@ -10,7 +10,8 @@ no network) and writes at most 5 files into --out:
     <device>-bench.txt      the benchmark run's log
     <device>.json/.md/.png  the benchmark grid (pytest-benchmark JSON, report, plot)
 
---fast runs a smoke subset (the LeNet-shape cases of every op, the model, the GPU-only cases and
+--fast runs a smoke subset (the LeNet-shape cases of every op, the model, the fused kernels and
+TrainStep (CUDA graph included), the GPU-only cases and
 a one-round benchmark at a tiny batch) for a first call. --dry-run starts every step but has pytest
 only collect, so a machine without a GPU can check that nothing is missing. Every step has a time
 limit; a step that runs past it gets Ctrl-C (pytest then writes its summary, and the benchmark the
@@ -40,7 +41,9 @@ GRACE_SECONDS = 25
 
 SMOKE_TESTS = ["tests/test_conv.py::test_lenet_shapes", "tests/test_pool.py::test_lenet_shapes",
                "tests/test_linear.py::test_lenet_shapes", "tests/test_model.py",
-               "tests/test_scale_and_precision.py", "tests/test_import.py::test_import_needs_no_settings"]
+               "tests/test_scale_and_precision.py", "tests/test_import.py::test_import_needs_no_settings",
+               "tests/test_fused.py::test_forward_and_every_gradient_match_torch",
+               "tests/test_fused.py::test_train_step_matches_torch_optim_for_20_steps"]
 
 
 def versions_text() -> str:
