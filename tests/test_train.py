@@ -34,7 +34,7 @@ def test_backends_give_the_same_losses_step_by_step(optimizer):
                                    momentum=0.9)
         step = TrainStep(model, opt) if fused_step else partial(train.train_step, model, opt)
         shuffle = torch.Generator().manual_seed(0)
-        steps = zip(range(CONVERGENCE_STEPS), train.batches(train_split, 32, shuffle))
+        steps = zip(range(CONVERGENCE_STEPS), train.batches(train_split, 16, shuffle))
         name = backend + (" + TrainStep" if fused_step else "")
         losses[name] = torch.stack([step(x.to(DEVICE), y.to(DEVICE)).clone() for _, (x, y) in steps])
         print(f"{name:18}", losses[name].tolist())
