@@ -58,11 +58,10 @@ DH2_AT = tl.constexpr(2120)
 DLOGITS_AT = tl.constexpr(2204)
 
 NUM_PARAMS = 10
-UPDATES = ("none", "sgd", "adam")
 # Columns of the optimizer's hyperparameter table, one row per parameter (float64).
 SGD_FIELDS = ("lr", "momentum", "dampening", "nesterov", "weight_decay")
 ADAM_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay")
-HYPER_FIELDS = 5
+HYPER_FIELDS = len(SGD_FIELDS)  # == len(ADAM_FIELDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,7 +558,7 @@ def lenet_reduce_kernel(partial_ptr, programs, loss_partial_ptr, loss_ptr, inv_b
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-GRAD_SCRATCH_FIXED = 2204  # dconv2 + dflat + dh1 + dh2; dlogits follow
+GRAD_SCRATCH_FIXED = DLOGITS_AT.value  # dconv2 + dflat + dh1 + dh2; dlogits follow
 
 
 def param_sizes(in_channels: int, num_classes: int) -> tuple:
