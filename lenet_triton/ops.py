@@ -36,8 +36,12 @@ IntOrPair = Union[int, Sequence[int]]
 
 def _pair(op: str, name: str, value, *, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints -> (h, w), each at least `minimum`."""
-    if type(value) is int and value >= minimum:  # the common case, kept cheap
+    # The common cases, kept cheap: an int, or a pair of ints as nn.Conv2d and nn.MaxPool2d store them.
+    if type(value) is int and value >= minimum:
         return value, value
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int \
+            and value[0] >= minimum and value[1] >= minimum:
+        return value
     items = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
     try:
         items = tuple(items)
@@ -439,6 +443,8 @@ def max_pool2d(input: Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair
 
 def _rows(t: Tensor) -> Tensor:
     """Any leading dims flattened into one: (..., K) -> (M, K); a view when the strides allow."""
+    if t.dim() == 2:
+        return t
     return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 

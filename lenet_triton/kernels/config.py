@@ -148,8 +148,10 @@ def dot_precision(dtype: torch.dtype) -> str:
     """The tl.dot input precision, following torch's own switch so both sides use one precision.
 
     float32 operands use TF32 only when torch.backends.cuda.matmul.allow_tf32 is on (off by default).
+    The switch is read straight from torch._C: the attribute goes through a Python __getattr__ that
+    costs ten times as much, and the launchers ask once per launch.
     """
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and torch._C._get_cublas_allow_tf32():
         return "tf32"
     return "ieee"
 
