@@ -50,6 +50,8 @@ CASES = [
     ("conv same strided", lambda: ops.conv2d(X(), W(), padding="same", stride=2), ValueError, r"'same' needs stride 1"),
     ("conv stride triple", lambda: ops.conv2d(X(), W(), stride=(1, 1, 1)), TypeError, r"stride must be an int or a pair"),
     ("conv stride float", lambda: ops.conv2d(X(), W(), stride=1.5), TypeError, r"stride must be an int or a pair"),
+    ("conv stride pair with a bool", lambda: ops.conv2d(X(), W(), stride=(1, True)), TypeError,
+     r"stride must be an int or a pair"),
     ("pool kernel 0", lambda: ops.max_pool2d(X(), 0), ValueError, r"kernel_size must be >= 1"),
     ("pool stride 0", lambda: ops.max_pool2d(X(), 2, stride=0), ValueError, r"stride must be >= 1"),
     ("pool dilation negative", lambda: ops.max_pool2d(X(), 2, dilation=-1), ValueError, r"dilation must be >= 1"),
