@@ -14,9 +14,11 @@ DEVICE = torch.device("cuda" if GPU else "cpu")
 
 # Training step: forward, cross-entropy, backward, SGD step. "triton": the per-op backend; "fused":
 # the whole-network kernels behind the module and torch's optimizer; "fused-step": lenet_triton.TrainStep
-# (loss and optimizer in the kernels); "fused-step-graph": TrainStep replayed as a CUDA graph.
+# (loss and optimizer in the kernels); "fused-step-graph": TrainStep replayed as a CUDA graph;
+# "triton-graph": the per-op step (forward, loss, backward, torch's SGD) captured whole in a CUDA graph.
 TRAIN_VARIANTS = (["eager", "compile-default"] + (["compile-max-autotune", "compile-reduce-overhead"] if GPU else [])
-                  + ["triton", "triton-compile", "fused", "fused-step"] + (["fused-step-graph"] if GPU else []))
+                  + ["triton", "triton-compile"] + (["triton-graph"] if GPU else []) + ["fused", "fused-step"]
+                  + (["fused-step-graph"] if GPU else []))
 
 
 # Inference: logits for a batch of images.
