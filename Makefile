@@ -69,9 +69,10 @@ BENCH_FAIL ?= median:10%
 bench-compare: $(SETUP_STAMP)
 	$(PY) -m bench compare --fail $(BENCH_FAIL)
 
-# The whole GPU check in one device call (at most 10 minutes): versions, the test suite on cuda and
-# the benchmark grid, every file into $OUT (else gpu-check-out/). Runs on the GPU image's own python3,
-# no venv and no set-up. FAST=1: a smoke subset for a first call (about 2 minutes).
+# The whole GPU check in one device call (at most 10 minutes): versions, the test suite on cuda, the
+# benchmark grid, and digits training with ONNX parity, every file into $OUT (else gpu-check-out/).
+# Runs on the GPU image's own python3, no venv and no set-up. FAST=1: a smoke subset for a re-check
+# after a fix (about 2 minutes).
 GPU_CHECK_OUT ?= $(or $(OUT),gpu-check-out)
 gpu-check:
 	$(PYTHON) -m bench gpu-check --out $(GPU_CHECK_OUT) $(if $(FAST),--fast)

@@ -3,28 +3,42 @@
     make gpu-check [FAST=1]        (python3 -m bench gpu-check --out "$OUT" [--fast])
 
 Runs with whatever python3 it is started with (the GPU image's: torch 2.11, triton 3.6, no venv,
-no network) and writes at most 5 files into --out:
+no network) and writes at most 8 files into --out:
 
-    <device>-versions.txt   versions, device properties, TF32 switches, nvidia-smi
-    <device>-tests.txt      the test suite on cuda (pytest's log, summary line last)
-    <device>-bench.txt      the benchmark run's log
-    <device>.json/.md/.png  the benchmark grid (pytest-benchmark JSON, report, plot)
+    <device>-versions.txt    versions, device properties, TF32 switches, nvidia-smi
+    <device>-tests.txt       the test suite on cuda (pytest's log, summary line last)
+    <device>-bench.txt       the benchmark run's log
+    <device>.json/.md/.png   the benchmark grid (pytest-benchmark JSON, report, plot)
+    <device>-train.txt       digits training on the GPU with the per-op (triton) backend and with
+                             the fused backend and TrainStep, each one's seconds to 95% test accuracy;
+                             the fused run exported to ONNX and checked against both backends with
+                             onnxruntime's CPU provider (and its CUDA provider where it has one)
+    <device>-train.tar.gz    those runs' metrics.json, curves.png, checkpoints, ONNX file and parity reports
 
 --fast runs a smoke subset (the LeNet-shape cases of every op, the model, the fused kernels and
-TrainStep (CUDA graph included), the GPU-only cases and
-a one-round benchmark at a tiny batch) for a first call. --dry-run starts every step but has pytest
-only collect, so a machine without a GPU can check that nothing is missing. Every step has a time
-limit; a step that runs past it gets Ctrl-C (pytest then writes its summary, and the benchmark the
-results it has), says so in its log, and the next step still runs.
+TrainStep (CUDA graph included), the GPU-only cases, a one-round benchmark at a tiny batch and
+one epoch of each training run), for a re-check after a fix. --dry-run starts every step but has
+pytest only collect, and trains one epoch on the CPU with the torch backend, so a machine without
+a GPU can check that nothing is missing.
+
+Every step has a time limit; a step that runs past it gets Ctrl-C (pytest then writes its summary,
+and the benchmark the results it has), says so in its log, and the next step still runs. So a
+broken set-up costs little time, and with 15 minutes of device time a session (a machine's start
+included) the full check is the first call to make: a fast call first would leave too little for
+the full one after a second machine start.
 """
 
 import importlib.util
+import json
 import os
 import platform
 import signal
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from lenet_triton.files import write_text
@@ -33,11 +47,14 @@ from . import variants
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Seconds per step, chosen so that the whole check ends inside one 10-minute call.
-TIME_LIMITS = {"full": {"tests": 290, "bench": 220}, "fast": {"tests": 60, "bench": 45}}
+# Seconds per step, chosen so that the whole check ends inside one 10-minute call even when every
+# step runs to its limit and its grace.
+TIME_LIMITS = {"full": {"tests": 240, "bench": 190, "train": 70}, "fast": {"tests": 50, "bench": 35, "train": 35}}
 # After its limit a step gets Ctrl-C and this long to wrap up (pytest's summary, the benchmark's
 # JSON and report) before it is killed.
-GRACE_SECONDS = 25
+GRACE_SECONDS = 20
+# The training runs of the train step: name -> lenet_triton.train options.
+TRAINING_RUNS = {"triton": ["--backend", "triton"], "fused": ["--backend", "fused", "--fused-step"]}
 
 SMOKE_TESTS = ["tests/test_conv.py::test_lenet_shapes", "tests/test_pool.py::test_lenet_shapes",
                "tests/test_linear.py::test_lenet_shapes", "tests/test_model.py",
@@ -85,6 +102,85 @@ def test_command(fast: bool, dry_run: bool) -> list:
 def bench_command(out: Path, dry_run: bool) -> list:
     command = [sys.executable, "-m", "bench", "run", "--results", str(out)]
     return command + (["--collect-only"] if dry_run else [])
+
+
+def train_command(work: Path, fast: bool, dry_run: bool) -> list:
+    return [sys.executable, "-m", "bench.gpu_check", str(work), *(["--epochs", "1"] if fast or dry_run else []),
+            *(["--dry-run"] if dry_run else [])]
+
+
+def train_and_export(work: Path, epochs=None, dry_run: bool = False) -> int:
+    """The train step, in one process: each of TRAINING_RUNS on the GPU, then the fused run's
+    checkpoint exported to ONNX and checked against each backend by every onnxruntime provider
+    there is. A dry run trains on the CPU with the torch backend instead."""
+    import onnxruntime
+
+    from export.__main__ import main as export_main
+    from lenet_triton.train import main as train_main
+
+    failures = []
+
+    def attempt(label, module, main, argv):
+        print(f"\n$ python -m {module} {' '.join(argv)}", flush=True)
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse's errors
+            code = exit_.code
+        except Exception:
+            traceback.print_exc()
+            code = 1
+        if code:
+            failures.append(f"{label} failed (exit {code})")
+
+    epoch_options = ["--epochs", str(epochs)] if epochs else []
+    for run, options in TRAINING_RUNS.items():
+        options = ["--backend", "torch", "--device", "cpu"] if dry_run else [*options, "--device", "cuda"]
+        attempt(f"training {run}", "lenet_triton.train", train_main,
+                [*options, *epoch_options, "--out-dir", str(work / run)])
+    onnx_file, checkpoint = work / "lenet.onnx", work / "fused" / "checkpoint.pt"
+    attempt("export", "export", export_main, ["onnx", "--checkpoint", str(checkpoint), "--out", str(onnx_file)])
+    providers = ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else [])
+    for backend in ["torch"] if dry_run else TRAINING_RUNS:
+        for provider in providers:
+            attempt(f"parity {backend}/{provider}", "export", export_main,
+                    ["parity", str(onnx_file), "--checkpoint", str(checkpoint), "--backend", backend,
+                     "--provider", provider, "--report", str(work / f"parity-{backend}-{provider}.json")])
+    print(f"\nonnxruntime providers: {', '.join(onnxruntime.get_available_providers())}")
+    for line in training_summary(work):
+        print(line)
+    print("train step: " + ("; ".join(failures) if failures else "every run passed"), flush=True)
+    return 1 if failures else 0
+
+
+def training_summary(work: Path) -> list:
+    """A line per training run: final accuracy, seconds to the target, and a later epoch's time."""
+    lines = []
+    for run in TRAINING_RUNS:
+        path = work / run / "metrics.json"
+        if not path.exists():
+            lines.append(f"{run}: no metrics.json")
+            continue
+        metrics = json.loads(path.read_text())
+        epochs = metrics["epochs"]
+        reached = (f"reached {100 * metrics['target_accuracy']:g}% after epoch {metrics['epochs_to_target']}, "
+                   f"{metrics['seconds_to_target']:.1f} s" if metrics["seconds_to_target"] is not None
+                   else f"did not reach {100 * metrics['target_accuracy']:g}%")
+        # The first epoch also pays for Triton's compiles.
+        steady = sorted(e["seconds"] for e in epochs[1:])
+        later = f", a later epoch {steady[len(steady) // 2]:.2f} s (median)" if steady else ""
+        lines.append(f"{run}: {100 * metrics['final_test_accuracy']:.2f}% at epoch {len(epochs)} on "
+                     f"{metrics['device_name']}; {reached}; first epoch {epochs[0]['seconds']:.2f} s{later}")
+    return lines
+
+
+def pack(folder: Path, archive: Path) -> None:
+    """folder's files into a .tar.gz, written atomically."""
+    tmp = archive.with_name(archive.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=str(path.relative_to(folder)))
+    os.replace(tmp, archive)
 
 
 def run_step(name: str, command: list, log: Path, limit: float, env=None) -> tuple:
@@ -136,6 +232,10 @@ def gpu_check(out: Path, fast: bool = False, dry_run: bool = False) -> int:
                                 limits["tests"], env)
     results["bench"] = run_step("bench", bench_command(out, dry_run), out / f"{slug}-bench.txt",
                                 limits["bench"], env)
+    with tempfile.TemporaryDirectory() as work:
+        results["train"] = run_step("train", train_command(Path(work), fast, dry_run), out / f"{slug}-train.txt",
+                                    limits["train"], env)
+        pack(Path(work), out / f"{slug}-train.tar.gz")
 
     report = out / f"{slug}.md"
     if report.exists():
@@ -146,4 +246,21 @@ def gpu_check(out: Path, fast: bool = False, dry_run: bool = False) -> int:
     for name, (status, seconds) in results.items():
         print(f"  {name:9s} {status:28s} {seconds:6.0f} s")
     print(f"  tests:   {last_line(out / f'{slug}-tests.txt', ' in ')}")
+    print(f"  train:   {last_line(out / f'{slug}-train.txt', 'train step')}")
     return 0 if all(status == "ok" for status, _ in results.values()) else 1
+
+
+def main(argv=None) -> int:
+    """python -m bench.gpu_check WORK [--epochs N] [--dry-run]: gpu-check's train step alone."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=train_and_export.__doc__)
+    parser.add_argument("work", type=Path, help="folder for the runs' files")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the training default)")
+    parser.add_argument("--dry-run", action="store_true", help="train on the CPU with the torch backend")
+    args = parser.parse_args(argv)
+    return train_and_export(args.work, args.epochs, args.dry_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

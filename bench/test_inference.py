@@ -31,11 +31,13 @@ def make_inference(variant: str, batch: int, onnx_file):
     model = LeNet(backend=variants.backend_of(variant)).to(variants.DEVICE).eval()
     images = torch.randn(batch, 1, 32, 32, device=variants.DEVICE)
     if variant.startswith("onnxruntime"):
-        import onnxruntime as ort
+        import onnx
 
-        provider = "CUDAExecutionProvider" if variant == "onnxruntime-cuda" else "CPUExecutionProvider"
-        session = ort.InferenceSession(str(onnx_file), providers=[provider])
-        if provider == "CPUExecutionProvider":
+        from export.parity import onnxruntime_session
+
+        provider = variant.removeprefix("onnxruntime-")
+        session = onnxruntime_session(onnx.load(str(onnx_file)), provider)
+        if provider == "cpu":
             host = images.cpu().numpy()
             return lambda: torch.from_numpy(session.run(None, {"image": host})[0])
         # CUDA provider: bind the device tensors, so no host copy is timed.

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lenet_triton.model import BACKENDS
 
     from .onnx import DEFAULT_OPSET
-    from .parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_RTOL
+    from .parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_RTOL, PROVIDERS
 
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--seed", type=int, default=0, help="seed of the random images")
     parity.add_argument("--backend", choices=BACKENDS, default="triton",
                         help="the LeNet backend whose outputs the file is compared with")
+    parity.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
+                        help="onnxruntime's execution provider: cpu, or cuda where onnxruntime has it")
     parity.add_argument("--report", type=Path, default=None, help="also write the results as JSON here")
     return parser
 
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
             print(f"wrote {args.out} (opset {args.opset}, {args.out.stat().st_size} bytes, ops: {', '.join(ops)})")
             return EXIT_OK
         report = run_parity(args.onnx_file, args.checkpoint, batch_sizes=args.batch_sizes, atol=args.atol,
-                            rtol=args.rtol, seed=args.seed, backend=args.backend)
+                            rtol=args.rtol, seed=args.seed, backend=args.backend, provider=args.provider)
     except (ExportError, ParityInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

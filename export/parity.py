@@ -1,11 +1,10 @@
 """Parity: prove with onnxruntime that an exported file computes what the PyTorch model computes.
 
     python -m export parity PATH --checkpoint CKPT [--backend triton|fused|torch] [--batch-sizes 1,7,64]
-                            [--atol A --rtol R] [--report FILE]
+                            [--provider cpu|cuda] [--atol A --rtol R] [--report FILE]
 
 Runs the PyTorch model (the per-op Triton backend unless --backend says otherwise; on the GPU when
-there is one) and onnxruntime (CPU
-provider) on the same inputs: random images at each batch size and the embedded digits test
+there is one) and onnxruntime (its CPU execution provider unless --provider says cuda) on the same inputs: random images at each batch size and the embedded digits test
 images. Compares the logits within float32 tolerances and checks that the top-1 class agrees on
 every image. When a case fails, it re-runs that input with every layer's output exposed
 (onnxruntime's graph optimizations off, so nodes keep their exported names) and names the first
@@ -30,6 +29,9 @@ from .onnx import IMAGE_SIZE, INPUT_NAME, LAYERS_METADATA_KEY, ExportError, load
 DEFAULT_BATCH_SIZES = (1, 7, 64)
 # The exported graph is float32; these are the float32 bounds of lenet_triton.testing.
 DEFAULT_ATOL, DEFAULT_RTOL = TOLERANCES[torch.float32]
+# onnxruntime's execution providers by --provider name. TF32 stays off on CUDA: the tolerances are
+# float32's, and the PyTorch side runs in float32 too.
+PROVIDERS = {"cpu": ("CPUExecutionProvider", {}), "cuda": ("CUDAExecutionProvider", {"use_tf32": "0"})}
 
 
 class ParityInputError(ValueError):
@@ -90,15 +92,37 @@ def check_input_fits(proto: onnx.ModelProto, in_channels: int) -> None:
                                f"takes (batch, {in_channels}, {IMAGE_SIZE}, {IMAGE_SIZE})")
 
 
-def _session(proto: onnx.ModelProto, optimize: bool):
+def check_provider(provider: str) -> None:
     import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise ParityInputError(f"--provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
+    name = PROVIDERS[provider][0]
+    if name not in ort.get_available_providers():
+        raise ParityInputError(f"--provider {provider}: this onnxruntime has no {name} "
+                               f"(it has {', '.join(ort.get_available_providers())})")
+
+
+def onnxruntime_session(proto: onnx.ModelProto, provider: str = "cpu", optimize: bool = True):
+    """An onnxruntime session on `provider` (a PROVIDERS key), or a ParityInputError if onnxruntime
+    lacks it or could not start it."""
+    import onnxruntime as ort
+
+    check_provider(provider)
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:
         # Fusions (Conv+Relu, Gemm+Relu) would rename or remove the intermediate values we compare.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    name, provider_options = PROVIDERS[provider]
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=[(name, provider_options)])
+    # onnxruntime falls back to its CPU provider when CUDA's libraries fail to load: that would
+    # report a CPU result as the CUDA provider's.
+    if session.get_providers()[0] != name:
+        raise ParityInputError(f"--provider {provider}: onnxruntime could not start {name} "
+                               f"(the session runs on {session.get_providers()[0]})")
+    return session
 
 
 def _errors(got: np.ndarray, expected: np.ndarray, atol: float, rtol: float):
@@ -110,7 +134,7 @@ def _errors(got: np.ndarray, expected: np.ndarray, atol: float, rtol: float):
     return max_abs, max_rel, within
 
 
-def first_diverging_layer(proto, model, images: torch.Tensor, device, atol, rtol) -> str:
+def first_diverging_layer(proto, model, images: torch.Tensor, device, atol, rtol, provider="cpu") -> str:
     """The first layer (in model.activations order) whose ONNX output differs from PyTorch's."""
     layers = {p.key: p.value for p in proto.metadata_props}.get(LAYERS_METADATA_KEY)
     if layers is None:
@@ -123,7 +147,7 @@ def first_diverging_layer(proto, model, images: torch.Tensor, device, atol, rtol
         if value not in known_outputs:
             exposed.graph.output.append(onnx.ValueInfoProto(name=value))
     try:
-        session = _session(exposed, optimize=False)
+        session = onnxruntime_session(exposed, provider, optimize=False)
     except Exception as error:  # a file edited so that a layer's value no longer exists
         return f"unknown (intermediate outputs could not be exposed: {type(error).__name__})"
     outputs = dict(zip([o.name for o in session.get_outputs()],
@@ -148,13 +172,14 @@ def cases(batch_sizes, in_channels: int, seed: int):
 
 
 def run_parity(onnx_path, checkpoint, *, batch_sizes=DEFAULT_BATCH_SIZES, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL,
-               seed: int = 0, backend: str = "triton") -> Report:
+               seed: int = 0, backend: str = "triton", provider: str = "cpu") -> Report:
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ParityInputError(f"--batch-sizes must be positive integers, got {list(batch_sizes)}")
     if backend not in BACKENDS:
         raise ParityInputError(f"--backend must be one of {BACKENDS}, got {backend!r}")
     if atol < 0 or rtol < 0:
         raise ParityInputError(f"--atol and --rtol must be >= 0, got {atol} and {rtol}")
+    check_provider(provider)
     proto = load_onnx(onnx_path)
     in_channels = checkpoint_in_channels(checkpoint)
     check_input_fits(proto, in_channels)
@@ -164,8 +189,8 @@ def run_parity(onnx_path, checkpoint, *, batch_sizes=DEFAULT_BATCH_SIZES, atol=D
         raise ParityInputError(str(error)) from None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).with_backend(backend)
-    session = _session(proto, optimize=True)
-    report = Report(str(onnx_path), str(checkpoint), atol, rtol, str(device), "CPUExecutionProvider", backend)
+    session = onnxruntime_session(proto, provider)
+    report = Report(str(onnx_path), str(checkpoint), atol, rtol, str(device), PROVIDERS[provider][0], backend)
     for name, images in cases(batch_sizes, in_channels, seed):
         with torch.no_grad():
             expected = model(images.to(device)).cpu().numpy()
@@ -176,7 +201,7 @@ def run_parity(onnx_path, checkpoint, *, batch_sizes=DEFAULT_BATCH_SIZES, atol=D
         agreement = float(np.mean(got.argmax(1) == expected.argmax(1)))
         result = CaseResult(name, len(images), max_abs, max_rel, agreement, within and agreement == 1.0)
         if not result.passed:
-            result.first_diverging_layer = first_diverging_layer(proto, model, images, device, atol, rtol)
+            result.first_diverging_layer = first_diverging_layer(proto, model, images, device, atol, rtol, provider)
             report.passed = False
         report.cases.append(result)
     return report

@@ -188,6 +188,7 @@ def test_cli_parity_pass_writes_report(exported, checkpoint, tmp_path, capsys):
     assert "max abs err" in out and "parity PASSED" in out
     report = json.loads(report_path.read_text())
     assert report["passed"] and [c["batch"] for c in report["cases"]] == [2, 3, 360]
+    assert report["onnxruntime_provider"] == "CPUExecutionProvider"
 
 
 def test_cli_parity_failure_exits_1_and_names_the_layer(exported, checkpoint, tmp_path, capsys):
@@ -199,6 +200,33 @@ def test_cli_parity_failure_exits_1_and_names_the_layer(exported, checkpoint, tm
     assert code == 1
     assert "first diverging layer: conv2" in capsys.readouterr().out
     assert {c["first_diverging_layer"] for c in json.loads(report_path.read_text())["cases"]} == {"conv2"}
+
+
+def test_cuda_provider_runs_where_onnxruntime_has_it_and_is_refused_by_name_where_not(exported, checkpoint, capsys):
+    argv = ["parity", str(exported), "--checkpoint", str(checkpoint), "--batch-sizes", "2", "--provider", "cuda"]
+    code = export_main(argv)
+    captured = capsys.readouterr()
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert code == 0 and "onnxruntime (CUDAExecutionProvider)" in captured.out, captured.out + captured.err
+    else:
+        assert code == 2 and "--provider cuda: this onnxruntime has no CUDAExecutionProvider" in captured.err
+
+
+def test_a_provider_that_onnxruntime_silently_replaced_is_refused(exported, checkpoint, monkeypatch):
+    # onnxruntime runs on its CPU provider when CUDA's libraries fail to load, and only says so in
+    # a log line: parity must not report that as the CUDA provider's result.
+    class FellBackToCpu(ort.InferenceSession):
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", lambda model, options, providers: FellBackToCpu(
+        model, options, providers=["CPUExecutionProvider"]))
+    with pytest.raises(parity.ParityInputError, match="could not start CUDAExecutionProvider .the session runs on "
+                                                      "CPUExecutionProvider"):
+        parity.run_parity(exported, checkpoint, batch_sizes=(2,), provider="cuda")
+    with pytest.raises(parity.ParityInputError, match="--provider must be one of \\['cpu', 'cuda'\\], got 'tpu'"):
+        parity.run_parity(exported, checkpoint, batch_sizes=(2,), provider="tpu")
 
 
 def test_cli_export_writes_and_reports(checkpoint, tmp_path, capsys):

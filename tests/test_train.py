@@ -65,8 +65,19 @@ def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch, optio
         assert 0 <= epoch["test_accuracy"] <= 1 and epoch["seconds"] > 0
     assert written["backend"] == (options[1] if options else "triton")
     assert written["fused_step"] == ("--fused-step" in options) and {"torch", "triton", "lenet_triton"} <= set(written["versions"])
+    reached = train.time_to_target(written["epochs"]) or (None, None)
+    assert [written["epochs_to_target"], written["seconds_to_target"]] == list(reached)
+    assert written["target_accuracy"] == train.TARGET_ACCURACY
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     TutorialNet().load_state_dict(torch.load(tmp_path / "checkpoint.pt"))  # a plain state_dict
+
+
+def test_time_to_target_counts_every_epoch_up_to_the_first_that_reaches_it():
+    epochs = [{"epoch": 1, "seconds": 4.0, "test_accuracy": 0.90}, {"epoch": 2, "seconds": 1.5, "test_accuracy": 0.96},
+              {"epoch": 3, "seconds": 1.0, "test_accuracy": 0.94}, {"epoch": 4, "seconds": 1.0, "test_accuracy": 0.97}]
+    assert train.time_to_target(epochs, 0.95) == (2, 5.5)
+    assert train.time_to_target(epochs, 0.90) == (1, 4.0)
+    assert train.time_to_target(epochs, 0.98) is None
 
 
 BAD_OPTIONS = [
