@@ -6,6 +6,7 @@ Each case runs in a fresh process: what matters is what that process imported be
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -36,12 +37,20 @@ def test_import_needs_no_settings():
     assert done.stdout.split() == (["False", "None"] if CUDA else ["True", "1"])
 
 
+@pytest.fixture(scope="module")
+def import_order_runs():
+    """Every order's process, run side by side (each is mostly one core's worth of imports)."""
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        runs = {order: pool.submit(run_python, ROOT / "tests" / "import_order_check.py", order) for order in PRELUDES}
+        return {order: run.result() for order, run in runs.items()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("order", list(PRELUDES))
-def test_every_import_order_computes_what_torch_does(order):
+def test_every_import_order_computes_what_torch_does(order, import_order_runs):
     """Ops forward and backward, torch.compile(fullgraph=True) over them, and a LeNet training
     step, after `order` (tests/import_order_check.py)."""
-    done = run_python(ROOT / "tests" / "import_order_check.py", order)
+    done = import_order_runs[order]
     assert done.returncode == 0, f"{order}:\n{done.stderr[-4000:]}"
     assert done.stdout.strip().endswith(f"ok {order}"), done.stdout[-2000:]
     # Only the interpreter case touches triton's state, and only when triton came first.
