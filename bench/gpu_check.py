@@ -28,6 +28,7 @@ included) the full check is the first call to make: a fast call first would leav
 the full one after a second machine start.
 """
 
+import argparse
 import importlib.util
 import json
 import os
@@ -252,8 +253,6 @@ def gpu_check(out: Path, fast: bool = False, dry_run: bool = False) -> int:
 
 def main(argv=None) -> int:
     """python -m bench.gpu_check WORK [--epochs N] [--dry-run]: gpu-check's train step alone."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=train_and_export.__doc__)
     parser.add_argument("work", type=Path, help="folder for the runs' files")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the training default)")
