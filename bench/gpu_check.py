@@ -117,6 +117,7 @@ def train_and_export(work: Path, epochs=None, dry_run: bool = False) -> int:
     import onnxruntime
 
     from export.__main__ import main as export_main
+    from export.parity import PROVIDERS
     from lenet_triton.train import main as train_main
 
     failures = []
@@ -140,7 +141,7 @@ def train_and_export(work: Path, epochs=None, dry_run: bool = False) -> int:
                 [*options, *epoch_options, "--out-dir", str(work / run)])
     onnx_file, checkpoint = work / "lenet.onnx", work / "fused" / "checkpoint.pt"
     attempt("export", "export", export_main, ["onnx", "--checkpoint", str(checkpoint), "--out", str(onnx_file)])
-    providers = ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else [])
+    providers = [key for key, (name, _) in PROVIDERS.items() if name in onnxruntime.get_available_providers()]
     for backend in ["torch"] if dry_run else TRAINING_RUNS:
         for provider in providers:
             attempt(f"parity {backend}/{provider}", "export", export_main,

@@ -4,9 +4,10 @@
                             [--provider cpu|cuda] [--atol A --rtol R] [--report FILE]
 
 Runs the PyTorch model (the per-op Triton backend unless --backend says otherwise; on the GPU when
-there is one) and onnxruntime (its CPU execution provider unless --provider says cuda) on the same inputs: random images at each batch size and the embedded digits test
-images. Compares the logits within float32 tolerances and checks that the top-1 class agrees on
-every image. When a case fails, it re-runs that input with every layer's output exposed
+there is one) and onnxruntime (its CPU execution provider unless --provider says cuda) on the same
+inputs: random images at each batch size and the embedded digits test images. Compares the logits
+within float32 tolerances and checks that the top-1 class agrees on every image. When a case
+fails, it re-runs that input with every layer's output exposed
 (onnxruntime's graph optimizations off, so nodes keep their exported names) and names the first
 layer whose output diverges.
 """
