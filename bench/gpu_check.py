@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -156,6 +157,8 @@ def train_and_export(work: Path, epochs=None, dry_run: bool = False) -> int:
 
 def training_summary(work: Path) -> list:
     """A line per training run: final accuracy, seconds to the target, and a later epoch's time."""
+    from lenet_triton.train import target_summary
+
     lines = []
     for run in TRAINING_RUNS:
         path = work / run / "metrics.json"
@@ -164,14 +167,11 @@ def training_summary(work: Path) -> list:
             continue
         metrics = json.loads(path.read_text())
         epochs = metrics["epochs"]
-        reached = (f"reached {100 * metrics['target_accuracy']:g}% after epoch {metrics['epochs_to_target']}, "
-                   f"{metrics['seconds_to_target']:.1f} s" if metrics["seconds_to_target"] is not None
-                   else f"did not reach {100 * metrics['target_accuracy']:g}%")
         # The first epoch also pays for Triton's compiles.
-        steady = sorted(e["seconds"] for e in epochs[1:])
-        later = f", a later epoch {steady[len(steady) // 2]:.2f} s (median)" if steady else ""
+        later = (f", a later epoch {statistics.median(e['seconds'] for e in epochs[1:]):.2f} s (median)"
+                 if len(epochs) > 1 else "")
         lines.append(f"{run}: {100 * metrics['final_test_accuracy']:.2f}% at epoch {len(epochs)} on "
-                     f"{metrics['device_name']}; {reached}; first epoch {epochs[0]['seconds']:.2f} s{later}")
+                     f"{metrics['device_name']}; {target_summary(metrics)}; first epoch {epochs[0]['seconds']:.2f} s{later}")
     return lines
 
 

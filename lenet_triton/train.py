@@ -136,6 +136,14 @@ def time_to_target(epochs: list, target: float = TARGET_ACCURACY):
     return None
 
 
+def target_summary(metrics: dict) -> str:
+    """When (or whether) a run's metrics reached its target accuracy, in words."""
+    target, epochs = f"{100 * metrics['target_accuracy']:g}% test accuracy", len(metrics["epochs"])
+    if metrics["seconds_to_target"] is None:
+        return f"did not reach {target} in {epochs} epoch{'s' if epochs > 1 else ''}"
+    return f"reached {target} after epoch {metrics['epochs_to_target']}, {metrics['seconds_to_target']:.1f} s from the start"
+
+
 def versions() -> dict:
     import numpy
     import triton
@@ -207,21 +215,15 @@ def train(args) -> dict:
               f"test accuracy {100 * test_accuracy:.2f}%, {metrics['epochs'][-1]['seconds']:.1f} s", flush=True)
     metrics["total_seconds"] = time.perf_counter() - started
     metrics["final_test_accuracy"] = metrics["epochs"][-1]["test_accuracy"]
-    reached = time_to_target(metrics["epochs"])
     metrics["target_accuracy"] = TARGET_ACCURACY
-    metrics["epochs_to_target"], metrics["seconds_to_target"] = reached or (None, None)
+    metrics["epochs_to_target"], metrics["seconds_to_target"] = time_to_target(metrics["epochs"]) or (None, None)
     with atomic_path(args.out_dir / "checkpoint.pt") as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     write_json(args.out_dir / "metrics.json", metrics)
     plot_curves(args.out_dir / "curves.png", metrics["epochs"])
     print(f"wrote {args.out_dir / 'checkpoint.pt'}, metrics.json and curves.png "
           f"({metrics['total_seconds']:.1f} s in all)", flush=True)
-    if reached:
-        print(f"reached {100 * TARGET_ACCURACY:g}% test accuracy after epoch {reached[0]}, "
-              f"{reached[1]:.1f} s from the start", flush=True)
-    else:
-        print(f"did not reach {100 * TARGET_ACCURACY:g}% test accuracy in {args.epochs} "
-              f"epoch{'s' if args.epochs > 1 else ''}", flush=True)
+    print(target_summary(metrics), flush=True)
     return metrics
 
 

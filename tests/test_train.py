@@ -50,7 +50,7 @@ def _small_digits(count=96):
 
 
 @pytest.mark.parametrize("options", [[], ["--backend", "fused", "--fused-step"]], ids=["default", "fused-step"])
-def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch, options):
+def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch, capsys, options):
     monkeypatch.setattr(data, "load", lambda name, data_dir=None: _small_digits())
     # 96 images in batches of 40: a smaller last batch each epoch.
     args = train.build_parser().parse_args(["--epochs", "2", "--batch-size", "40", "--out-dir", str(tmp_path),
@@ -68,6 +68,7 @@ def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch, optio
     reached = train.time_to_target(written["epochs"]) or (None, None)
     assert [written["epochs_to_target"], written["seconds_to_target"]] == list(reached)
     assert written["target_accuracy"] == train.TARGET_ACCURACY
+    assert capsys.readouterr().out.splitlines()[-1] == train.target_summary(written)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     TutorialNet().load_state_dict(torch.load(tmp_path / "checkpoint.pt"))  # a plain state_dict
 
@@ -78,6 +79,14 @@ def test_time_to_target_counts_every_epoch_up_to_the_first_that_reaches_it():
     assert train.time_to_target(epochs, 0.95) == (2, 5.5)
     assert train.time_to_target(epochs, 0.90) == (1, 4.0)
     assert train.time_to_target(epochs, 0.98) is None
+
+
+def test_target_summary_says_when_or_whether_the_target_was_reached():
+    metrics = {"target_accuracy": 0.95, "epochs": [{}, {}, {}], "epochs_to_target": 2, "seconds_to_target": 5.54}
+    assert train.target_summary(metrics) == "reached 95% test accuracy after epoch 2, 5.5 s from the start"
+    missed = dict(metrics, epochs_to_target=None, seconds_to_target=None)
+    assert train.target_summary(missed) == "did not reach 95% test accuracy in 3 epochs"
+    assert train.target_summary(dict(missed, epochs=[{}])) == "did not reach 95% test accuracy in 1 epoch"
 
 
 BAD_OPTIONS = [
