@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lenet_triton.files import atomic_path
+
 from . import variants
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,9 +70,8 @@ def run(results=RESULTS, collect_only=False) -> int:
         if not raw.exists():
             print("bench: no results were written (see the pytest output above)", file=sys.stderr)
             return code or 1
-        tmp_json = json_path.with_suffix(".json.tmp")
-        shutil.copyfile(raw, tmp_json)
-        os.replace(tmp_json, json_path)
+        with atomic_path(json_path) as tmp_json:
+            shutil.copyfile(raw, tmp_json)
     print(write(json_path, md_path, png_path))
     print(f"\nwrote {json_path}, {md_path.name} and {png_path.name}")
     if code == 2:

@@ -43,7 +43,7 @@ import time
 import traceback
 from pathlib import Path
 
-from lenet_triton.files import write_text
+from lenet_triton.files import atomic_path, write_text
 
 from . import variants
 
@@ -177,12 +177,10 @@ def training_summary(work: Path) -> list:
 
 def pack(folder: Path, archive: Path) -> None:
     """folder's files into a .tar.gz, written atomically."""
-    tmp = archive.with_name(archive.name + ".tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 tar.add(path, arcname=str(path.relative_to(folder)))
-    os.replace(tmp, archive)
 
 
 def run_step(name: str, command: list, log: Path, limit: float, env=None) -> tuple:
