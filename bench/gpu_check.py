@@ -136,10 +136,10 @@ def train_and_export(work: Path, epochs=None, dry_run: bool = False) -> int:
             failures.append(f"{label} failed (exit {code})")
 
     epoch_options = ["--epochs", str(epochs)] if epochs else []
-    for run, options in TRAINING_RUNS.items():
-        options = ["--backend", "torch", "--device", "cpu"] if dry_run else [*options, "--device", "cuda"]
+    for run, backend_options in TRAINING_RUNS.items():
+        run_options = ["--backend", "torch", "--device", "cpu"] if dry_run else [*backend_options, "--device", "cuda"]
         attempt(f"training {run}", "lenet_triton.train", train_main,
-                [*options, *epoch_options, "--out-dir", str(work / run)])
+                [*run_options, *epoch_options, "--out-dir", str(work / run)])
     onnx_file, checkpoint = work / "lenet.onnx", work / "fused" / "checkpoint.pt"
     attempt("export", "export", export_main, ["onnx", "--checkpoint", str(checkpoint), "--out", str(onnx_file)])
     providers = [key for key, (name, _) in PROVIDERS.items() if name in onnxruntime.get_available_providers()]

@@ -24,7 +24,9 @@ TRAIN_VARIANTS = (["eager", "compile-default"] + (["compile-max-autotune", "comp
 # Inference: logits for a batch of images.
 def _ort_cuda() -> bool:
     import onnxruntime
-    return GPU and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+    from export.parity import PROVIDERS
+    return GPU and PROVIDERS["cuda"][0] in onnxruntime.get_available_providers()
 
 
 INFERENCE_VARIANTS = (["eager", "compile-default", "triton", "fused", "onnxruntime-cpu"]
