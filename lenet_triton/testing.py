@@ -53,6 +53,10 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str = "tens
 class Launch(NamedTuple):  # a NamedTuple: the host-time benchmark pays for building one per launch
     kernel: str
     grid: tuple
+    function: object = None   # the @triton.jit function
+    args: tuple = ()          # what the launcher passed: function[grid](*args, **kwargs) launches it again
+    kwargs: dict = None
+    compiled: object = None   # triton's CompiledKernel (None through the interpreter or when stubbed)
 
 
 @contextmanager
@@ -71,9 +75,9 @@ def recorded_launches(run: bool = True):
         launch = kernel.run
 
         def recording(*args, grid, warmup, kernel=kernel, launch=launch, **kwargs):
-            launches.append(Launch(kernel.__name__, tuple(grid)))
-            if run:
-                return launch(*args, grid=grid, warmup=warmup, **kwargs)
+            compiled = launch(*args, grid=grid, warmup=warmup, **kwargs) if run else None
+            launches.append(Launch(kernel.__name__, tuple(grid), kernel, args, kwargs, compiled))
+            return compiled
 
         # Instance attribute: `kernel[grid](...)` calls self.run(grid=..., warmup=False, ...).
         kernel.run = recording
