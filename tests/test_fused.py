@@ -54,16 +54,28 @@ def test_many_classes_take_several_output_chunks():
     _check_forward_and_gradients(3, num_classes=300)
 
 
-def test_gpu_launch_plan_with_several_programs_and_tiles_each(monkeypatch):
-    """Small tiles, many programs each walking several tiles, partial rows summed by the reduction:
-    what a GPU runs, here through the interpreter (on a GPU, the real thing)."""
+def test_gpu_launch_plan_with_several_programs(monkeypatch):
+    """The GPU's small chunks, several programs each writing its own partial row, summed by the
+    reduction, and a last tile that runs past the batch: what a GPU runs, here through the
+    interpreter (on a GPU, the real thing)."""
     monkeypatch.setattr(config, "_INTERPRETER_PLAN", False)
-    monkeypatch.setattr(config, "_GPU_MIN_PROGRAMS", 3)
+    monkeypatch.setattr(config, "_GPU_LENET_PROGRAMS", 3)
     plan = config.lenet_plan(5, 1)
-    # 5 tiles of one sample on 3 programs of 2 tiles: the last program's second tile is past the batch.
-    assert (plan.samples, plan.programs, plan.tiles_per_program) == (1, 3, 2), plan
+    # 5 samples in tiles of 2 on 3 programs: the last tile's second sample is past the batch.
+    assert (plan.samples, plan.programs) == (2, 3), plan
     _check_forward_and_gradients(5)
     _check_train_steps("sgd", steps=1, batch=5)
+
+
+def test_gpu_plan_keeps_every_sm_busy_and_partial_rows_few(monkeypatch):
+    """From batch 256 on, at least one program per SM of an H100 (132) and at most two (264, so the
+    partial buffer has at most 264 rows), each a power-of-two tile that covers the batch."""
+    monkeypatch.setattr(config, "_INTERPRETER_PLAN", False)
+    for batch in [*range(1, 3000), 4095, 4096, 4097, 65535, 65536, 65537, 10**6]:
+        plan = config.lenet_plan(batch, 1)
+        assert plan.samples & (plan.samples - 1) == 0 and (plan.programs - 1) * plan.samples < batch, (batch, plan)
+        assert plan.programs * plan.samples >= batch and plan.programs <= 264, (batch, plan)
+        assert batch < 256 or plan.programs >= 132, (batch, plan)
 
 
 @pytest.mark.parametrize("dtype", [d for d in DTYPES if d in (torch.float16, torch.bfloat16)], ids=str)

@@ -32,6 +32,19 @@ _INTERPRETER_ELEMENTWISE_BLOCK = _INTERPRETER_TILE_ELEMENTS
 # Split-K target: enough programs to keep every SM busy when the output tile grid is small.
 _GPU_MIN_PROGRAMS = 264
 
+# Passed to triton's compiler by every launch, per kernel file. Given no register limit, ptxas holds a
+# kernel's registers at an occupancy step and spills a few bytes to stay there. At its default
+# register usage level (5), ptxas 13 (triton 3.9's, which runs it with --regAllocOptLevel=2)
+# spilled 8 to 24 bytes in linear and pool kernels that wanted 72 to 168 registers, and at level 6
+# or 7 ptxas 12 (triton 3.6's) did so in conv and pool kernels; these levels keep every per-op
+# launch in registers on both. The whole-network kernels spilled 4 to 24 bytes at some plan at every
+# level on one version or the other; with the limit set to 255 neither spills at any plan (they
+# then take up to 255 registers: 2 blocks of 4 warps per SM). bench/rehearsal.py checks every
+# launch the public API makes, on both versions.
+_PTXAS_REGISTER_LEVEL = {"conv": 5, "linear": 3, "pool": 3, "reduce": 3}
+LAUNCH_OPTIONS = {family: {"ptx_options": f"--register-usage-level {level}"}
+                  for family, level in _PTXAS_REGISTER_LEVEL.items()}
+LAUNCH_OPTIONS["lenet"] = {"maxnreg": 255}
 
 # triton.jit picks interpreter or compiler when each kernel is defined, i.e. when this package is
 # imported, so the choice is read once here and stays fixed for the process.
@@ -160,47 +173,46 @@ def dot_precision(dtype: torch.dtype) -> str:
 # Whole-network LeNet kernels (kernels/lenet.py)
 # ------------------------------------------------------------------------------------------------
 
-# GPU: tiles as large as 16 samples (the fc GEMMs' 16 rows), but small enough that a batch still
-# gives one tile per SM of an H100 (batch 256: tiles of 1; 4096: tiles of 16 on 256 programs). The
-# reduction chunks are 32, the fc outputs one chunk of 128 (120 and 84). Untuned: to be measured.
-_GPU_SMS = 132
-_GPU_LENET_MAX_SAMPLES = 16
-_GPU_LENET_TILE = dict(BLOCK_R1=128, BLOCK_R2=64, BLOCK_K2=32, BLOCK_KD=32, FC_BK=32, FC_BN=128)
+# GPU: one tile per program, as many programs as two blocks on every SM of an H100 take (at most
+# 264), each tile a power of two of samples (batch 256: 256 programs of 1 sample; 4096: 256 of 16;
+# 65,536: 256 of 256). Each GEMM runs in chunks small enough that a compiled kernel keeps every
+# value in registers (no spills) within the 255 per thread, and its shared memory stays under half
+# an SM's, so that two blocks of 4 warps are resident per SM (bench/results/kernels-sm90.md has the
+# compiled figures, bench/rehearsal.py checks them).
+_GPU_LENET_PROGRAMS = _GPU_MIN_PROGRAMS
+_GPU_LENET_TILE = dict(FC_ROWS=16, BLOCK_R1=32, BLOCK_K1=16, BLOCK_R2=32, BLOCK_K2=16, BLOCK_KD=16, FC_BK=16,
+                       FC_BN=64)
 _GPU_LENET_WARPS = 4
+_GPU_LENET_STAGES = 1
 _GPU_REDUCE_BLOCK = 1024
-# Interpreter: up to 64 samples per tile, each stage in as few, large tl ops as the element budget
-# allows, and one program that walks every tile (so one partial row and a trivial reduction).
-_INTERPRETER_LENET_SAMPLES = 64
+# Interpreter: one program for the whole batch, each stage in as few, large tl ops as the element
+# budget allows.
+_INTERPRETER_FC_ROWS = 64
 
 
 @dataclass(frozen=True)
 class LeNetPlan:
-    samples: int            # samples per tile
-    programs: int           # programs of the backward and training kernels (the forward runs one per tile)
-    tiles_per_program: int
+    samples: int            # samples per tile, one tile per program
+    programs: int
     tile: dict              # the kernels' tile constexprs
     num_warps: int
+    num_stages: int
     reduce_block: int       # parameter elements per program of lenet_reduce_kernel
 
 
 def lenet_plan(batch: int, in_channels: int) -> LeNetPlan:
-    """How the whole-network kernels split a batch: tile sizes, programs, tiles per program."""
-    k1 = max(MIN_DOT_TILE, next_power_of_2(in_channels * 25))
+    """How the whole-network kernels split a batch: samples per program, programs, chunk sizes."""
     if _interpreter_plan():
-        samples = min(_INTERPRETER_LENET_SAMPLES, next_power_of_2(batch))
-        # conv1's patch tile (rows x K1) is the largest; halve the tile until it fits Triton's limit.
-        while samples > 1 and next_power_of_2(samples * 196) * k1 > _INTERPRETER_TILE_ELEMENTS:
-            samples //= 2
-        block_r1 = next_power_of_2(samples * 196)
-        tile = dict(BLOCK_R1=block_r1, BLOCK_R2=max(MIN_DOT_TILE, next_power_of_2(samples * 25)),
+        samples = next_power_of_2(batch)
+        # Each chunk a whole stage where the element budget allows: conv1's reduction in one step,
+        # and as many rows as then fit.
+        block_k1 = max(MIN_DOT_TILE, next_power_of_2(in_channels * 25))
+        block_r1 = min(next_power_of_2(samples * 196), _INTERPRETER_TILE_ELEMENTS // block_k1)
+        tile = dict(FC_ROWS=max(MIN_DOT_TILE, min(samples, _INTERPRETER_FC_ROWS)), BLOCK_R1=block_r1,
+                    BLOCK_K1=block_k1, BLOCK_R2=max(MIN_DOT_TILE, min(next_power_of_2(samples * 25), 4096)),
                     BLOCK_K2=256, BLOCK_KD=max(MIN_DOT_TILE, min(512, _INTERPRETER_TILE_ELEMENTS // block_r1)),
                     FC_BK=512, FC_BN=128)
-        tiles = cdiv(batch, samples)
-        return LeNetPlan(samples, 1, tiles, dict(tile, SAMPLES=samples, FC_ROWS=max(MIN_DOT_TILE, samples), K1=k1),
-                         num_warps=1, reduce_block=1 << 16)
-    samples = min(_GPU_LENET_MAX_SAMPLES, 1 << (max(1, batch // _GPU_SMS).bit_length() - 1))
-    tiles = cdiv(batch, samples)
-    programs = min(tiles, _GPU_MIN_PROGRAMS)
-    return LeNetPlan(samples, programs, cdiv(tiles, programs),
-                     dict(_GPU_LENET_TILE, SAMPLES=samples, FC_ROWS=max(MIN_DOT_TILE, samples), K1=k1),
-                     num_warps=_GPU_LENET_WARPS, reduce_block=_GPU_REDUCE_BLOCK)
+        return LeNetPlan(samples, 1, dict(tile, SAMPLES=samples), num_warps=1, num_stages=1, reduce_block=1 << 16)
+    samples = next_power_of_2(cdiv(batch, _GPU_LENET_PROGRAMS))
+    return LeNetPlan(samples, cdiv(batch, samples), dict(_GPU_LENET_TILE, SAMPLES=samples),
+                     num_warps=_GPU_LENET_WARPS, num_stages=_GPU_LENET_STAGES, reduce_block=_GPU_REDUCE_BLOCK)

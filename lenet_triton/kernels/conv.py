@@ -268,7 +268,7 @@ def conv2d_forward(x, weight, bias, y, stride, pads, dilation, groups, apply_rel
         x, weight, bias if bias is not None else weight, y, *geometry,
         *x.stride(), *weight.stride(), *y.stride(),
         HAS_BIAS=bias is not None, APPLY_RELU=apply_relu, **_dtypes(x, weight, y, extra=rows),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **config.LAUNCH_OPTIONS["conv"],
     )
 
 
@@ -286,7 +286,7 @@ def conv2d_grad_input(grad_y, y, weight, dx, stride, pads, dilation, groups, gat
         grad_y, y, weight, dx, *geometry,
         *grad_y.stride(), *y.stride(), *weight.stride(), *dx.stride(),
         GATE_RELU=gate_relu, UNIT_STRIDE=tuple(stride) == (1, 1), **_dtypes(grad_y, y, weight, dx, extra=rows),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **config.LAUNCH_OPTIONS["conv"],
     )
 
 
@@ -307,7 +307,7 @@ def conv2d_grad_weight(grad_y, y, x, dw, db, stride, pads, dilation, groups, gat
         *grad_y.stride(), *y.stride(), *x.stride(),
         dw.numel(), c_out, steps_per_split,
         GATE_RELU=gate_relu, HAS_BIAS=db is not None, **_dtypes(grad_y, y, x, extra=red),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **config.LAUNCH_OPTIONS["conv"],
     )
     if splits > 1:
         sum_partials(dw_out, dw)

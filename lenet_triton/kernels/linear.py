@@ -91,6 +91,7 @@ def _launch(a, b, c, *, gate=None, bias=None, rowsum=None, apply_relu=False, all
         GATE_RELU=gate is not None, HAS_BIAS=bias is not None, APPLY_RELU=apply_relu, ROWSUM=rowsum is not None,
         IDX=config.index_dtype(a, b, c_out, gate), ACC=config.accumulator_dtype(a.dtype),
         DOT_PRECISION=config.dot_precision(a.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        **config.LAUNCH_OPTIONS["linear"],
     )
     if splits > 1:
         sum_partials(c_out, c)

@@ -99,6 +99,7 @@ def max_pool2d_forward(x, y, indices, kernel_size, stride, padding, dilation):
     max_pool2d_forward_kernel[(config.cdiv(y.numel(), block),)](
         x, y, indices, n, c, h, w, oh, ow, *kernel_size, *stride, *padding, *dilation,
         *x.stride(), *y.stride(), IDX=config.index_dtype(x, y, extra=x.numel()), BLOCK=block,
+        **config.LAUNCH_OPTIONS["pool"],
     )
 
 
@@ -111,5 +112,5 @@ def max_pool2d_backward(grad_y, indices, dx, kernel_size, stride, padding, dilat
         grad_y, indices, dx, n, c, h, w, oh, ow, *kernel_size, *stride, *padding, *dilation,
         *grad_y.stride(), *indices.stride(), *dx.stride(),
         IDX=config.index_dtype(grad_y, indices, dx, extra=dx.numel()),
-        ACC=config.accumulator_dtype(dx.dtype), BLOCK=block,
+        ACC=config.accumulator_dtype(dx.dtype), BLOCK=block, **config.LAUNCH_OPTIONS["pool"],
     )

@@ -22,4 +22,5 @@ def sum_partials(partials, out):
     numel = out.numel()
     block = config.elementwise_block(numel)
     sum_partials_kernel[(config.cdiv(numel, block),)](
-        partials, out, partials.shape[0], numel, IDX=config.index_dtype(partials), BLOCK=block)
+        partials, out, partials.shape[0], numel, IDX=config.index_dtype(partials), BLOCK=block,
+        **config.LAUNCH_OPTIONS["reduce"])
