@@ -11,7 +11,7 @@ PY36 := $(VENV36)/bin/python
 SETUP36_STAMP := $(VENV36)/.setup-done
 TRITON36_OVERRIDES := triton|numpy
 
-.PHONY: setup test test-triton39 test-triton36 bench bench-compare gpu-check train export onnx clean
+.PHONY: setup test test-triton39 test-triton36 bench bench-compare gpu-check kernels train export onnx clean
 
 TRAIN_DIR := runs/default
 
@@ -68,6 +68,13 @@ bench: $(SETUP_STAMP)
 BENCH_FAIL ?= median:10%
 bench-compare: $(SETUP_STAMP)
 	$(PY) -m bench compare --fail $(BENCH_FAIL)
+
+# The kernel report, bench/results/kernels-sm90.md and .json: every launch of the public API bound
+# and compiled for an H100 on this CPU (one rehearsal process per core), with each kernel's
+# registers, spills, shared memory, occupancy, waves and floor. KERNELS_ARGS="--update" only merges
+# the times of the newest gpu-check run.
+kernels: $(SETUP_STAMP)
+	$(PY) -m bench kernels $(KERNELS_ARGS)
 
 # The whole GPU check in one device call (at most 10 minutes): versions, the test suite on cuda, the
 # benchmark grid, and digits training with ONNX parity, every file into $OUT (else gpu-check-out/).

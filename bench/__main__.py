@@ -9,6 +9,8 @@ compare    runs the suite again and compares it with the last saved run; exits n
 report     rewrites the .md and .png from an existing JSON.
 gpu-check  versions, the test suite and the benchmark grid in one call on a GPU machine, every file
            under --out (see bench/gpu_check.py).
+kernels    the kernel report, bench/results/kernels-sm90.md and .json: every launch of the public API
+           rehearsed for an H100 on this CPU (see bench/kernels.py; `python -m bench kernels -h`).
 """
 
 import argparse
@@ -90,9 +92,14 @@ def compare(fail: str) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["kernels"]:
+        from .kernels import main as kernels_main
+        return kernels_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "compare", "report", "gpu-check"])
+    parser.add_argument("command", nargs="?", default="run",
+                        choices=["run", "compare", "report", "gpu-check", "kernels"])
     parser.add_argument("--fail", default="median:10%", help="regression threshold for compare")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where run writes its JSON, MD and PNG")
     parser.add_argument("--collect-only", action="store_true", help="run: only collect the suites")

@@ -1,5 +1,11 @@
 """Shared helpers: the device under test, input factories, and a forward+gradient comparison with torch."""
 
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -76,3 +82,29 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+REHEARSAL_TEST = "test_rehearsal.py"
+REHEARSAL_KEY = pytest.StashKey[tuple]()
+
+
+def pytest_collection_finish(session):
+    """Starts the GPU launch rehearsal (tests/test_rehearsal.py) as soon as it is known to be wanted:
+    it is a process of its own that mostly waits on ptxas, so it runs beside the other tests."""
+    if any(item.path.name == REHEARSAL_TEST for item in session.items):
+        folder = Path(tempfile.mkdtemp(prefix="lenet-rehearsal-"))
+        root = Path(__file__).resolve().parents[1]
+        env = dict(os.environ, PYTHONPATH=str(root), TRITON_INTERPRET="0")
+        log = open(folder / "log.txt", "w")
+        process = subprocess.Popen([sys.executable, "-m", "bench.rehearsal", "--json", str(folder / "rehearsal.json")],
+                                   cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        session.config.stash[REHEARSAL_KEY] = (process, folder, log)
+
+
+@pytest.fixture(scope="session")
+def rehearsal_run(request):
+    """(the rehearsal's JSON path, its log) once it has finished (see pytest_collection_finish)."""
+    process, folder, log = request.config.stash[REHEARSAL_KEY]
+    process.wait(timeout=1800)
+    log.close()
+    return folder / "rehearsal.json", (folder / "log.txt").read_text()
