@@ -3,7 +3,7 @@
     make gpu-check [FAST=1]        (python3 -m bench gpu-check --out "$OUT" [--fast])
 
 Runs with whatever python3 it is started with (the GPU image's: torch 2.11, triton 3.6, no venv,
-no network) and writes at most 8 files into --out:
+no network) and writes at most 10 files into --out:
 
     <device>-versions.txt    versions, device properties, TF32 switches, nvidia-smi
     <device>-tests.txt       the test suite on cuda (pytest's log, summary line last)
@@ -14,6 +14,10 @@ no network) and writes at most 8 files into --out:
                              the fused run exported to ONNX and checked against both backends with
                              onnxruntime's CPU provider (and its CUDA provider where it has one)
     <device>-train.tar.gz    those runs' metrics.json, curves.png, checkpoints, ONNX file and parity reports
+    <device>-kernels.txt     (not with --fast) LeNet's launches (per-op, fused, TrainStep), each timed again
+    <device>-kernels.json    on its own: the log, and the launches with their times, for the kernel report
+                             (`python -m bench kernels --update` puts them beside the bounds in
+                             bench/results/kernels-sm90.md)
 
 --fast runs a smoke subset (the LeNet-shape cases of every op, the model, the fused kernels and
 TrainStep (CUDA graph included), the GPU-only cases, a one-round benchmark at a tiny batch and
@@ -51,12 +55,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Seconds per step, chosen so that the whole check ends inside one 10-minute call even when every
 # step runs to its limit and its grace.
-TIME_LIMITS = {"full": {"tests": 240, "bench": 190, "train": 70}, "fast": {"tests": 50, "bench": 35, "train": 35}}
+TIME_LIMITS = {"full": {"tests": 215, "bench": 170, "train": 65, "kernels": 40},
+               "fast": {"tests": 50, "bench": 35, "train": 35}}
 # After its limit a step gets Ctrl-C and this long to wrap up (pytest's summary, the benchmark's
 # JSON and report) before it is killed.
 GRACE_SECONDS = 20
 # The training runs of the train step: name -> lenet_triton.train options.
 TRAINING_RUNS = {"triton": ["--backend", "triton"], "fused": ["--backend", "fused", "--fused-step"]}
+
+# The launches whose times the kernel report puts beside their bounds: bench.rehearsal scenarios,
+# most wanted first (the step writes its JSON after each one, so a step stopped early keeps them).
+# The full check only: the fast one has no time to spare.
+MEASURED_SCENARIOS = ["lenet-fused fp32 c1 b256", "train-step sgd fp32 c1 b256", "lenet-triton fp32 c1 b256",
+                      "lenet-fused fp32 c1 b4096", "train-step sgd fp32 c1 b4096", "lenet-triton fp32 c1 b4096",
+                      "train-step adam fp32 c1 b4096", "lenet-fused fp32 c1 b65536", "train-step sgd fp32 c1 b65536"]
 
 SMOKE_TESTS = ["tests/test_conv.py::test_lenet_shapes", "tests/test_pool.py::test_lenet_shapes",
                "tests/test_linear.py::test_lenet_shapes", "tests/test_model.py",
@@ -104,6 +116,12 @@ def test_command(fast: bool, dry_run: bool) -> list:
 def bench_command(out: Path, dry_run: bool) -> list:
     command = [sys.executable, "-m", "bench", "run", "--results", str(out)]
     return command + (["--collect-only"] if dry_run else [])
+
+
+def kernels_command(out_file: Path, dry_run: bool) -> list:
+    command = [sys.executable, "-m", "bench.rehearsal", "--measure", "--only", *MEASURED_SCENARIOS, "--json",
+               str(out_file)]
+    return command + (["--list"] if dry_run else [])
 
 
 def train_command(work: Path, fast: bool, dry_run: bool) -> list:
@@ -236,6 +254,9 @@ def gpu_check(out: Path, fast: bool = False, dry_run: bool = False) -> int:
         results["train"] = run_step("train", train_command(Path(work), fast, dry_run), out / f"{slug}-train.txt",
                                     limits["train"], env)
         pack(Path(work), out / f"{slug}-train.tar.gz")
+    if "kernels" in limits:
+        results["kernels"] = run_step("kernels", kernels_command(out / f"{slug}-kernels.json", dry_run),
+                                      out / f"{slug}-kernels.txt", limits["kernels"], env)
 
     report = out / f"{slug}.md"
     if report.exists():

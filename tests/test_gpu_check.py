@@ -42,7 +42,8 @@ def test_dry_run_starts_every_step_and_writes_its_files(dry_runs, mode):
     assert returncode == 0, stdout[-3000:] + stderr[-3000:]
     slug = variants.device_slug()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"{slug}-versions.txt", f"{slug}-tests.txt", f"{slug}-bench.txt", f"{slug}-train.txt", f"{slug}-train.tar.gz"])
+        [f"{slug}-versions.txt", f"{slug}-tests.txt", f"{slug}-bench.txt", f"{slug}-train.txt", f"{slug}-train.tar.gz",
+         *([f"{slug}-kernels.txt"] if mode == "full" else [])])
     versions = (tmp_path / f"{slug}-versions.txt").read_text()
     assert "torch " in versions and "triton " in versions and "device" in versions
     tests_log = (tmp_path / f"{slug}-tests.txt").read_text()
@@ -61,6 +62,10 @@ def test_dry_run_starts_every_step_and_writes_its_files(dry_runs, mode):
     assert {"triton/metrics.json", "fused/curves.png", "fused/checkpoint.pt", "lenet.onnx",
             "parity-torch-cpu.json"} <= names, names
     assert len(metrics["epochs"]) == 1 and "seconds_to_target" in metrics
+    if mode == "full":
+        kernels_log = (tmp_path / f"{slug}-kernels.txt").read_text()
+        assert "[kernels: ok" in kernels_log, kernels_log[-3000:]
+        assert all(name in kernels_log for name in gpu_check.MEASURED_SCENARIOS), kernels_log[-3000:]
 
 
 def test_gpu_check_needs_an_output_folder():
