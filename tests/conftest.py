@@ -1,6 +1,7 @@
 """Shared helpers: the device under test, input factories, and a forward+gradient comparison with torch."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,7 @@ REHEARSAL_KEY = pytest.StashKey[tuple]()
 def pytest_collection_finish(session):
     """Starts the GPU launch rehearsal (tests/test_rehearsal.py) as soon as it is known to be wanted:
     it is a process of its own that mostly waits on ptxas, so it runs beside the other tests."""
-    if any(item.path.name == REHEARSAL_TEST for item in session.items):
+    if not session.config.option.collectonly and any(item.path.name == REHEARSAL_TEST for item in session.items):
         folder = Path(tempfile.mkdtemp(prefix="lenet-rehearsal-"))
         root = Path(__file__).resolve().parents[1]
         env = dict(os.environ, PYTHONPATH=str(root), TRITON_INTERPRET="0")
@@ -108,3 +109,15 @@ def rehearsal_run(request):
     process.wait(timeout=1800)
     log.close()
     return folder / "rehearsal.json", (folder / "log.txt").read_text()
+
+
+def pytest_sessionfinish(session):
+    """The rehearsal never outlives the session (stopped early, or its test deselected by a failure)."""
+    started = session.config.stash.get(REHEARSAL_KEY, None)
+    if started is not None:
+        process, folder, log = started
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
