@@ -4,12 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-done
-# The second test stage: the GPU image's triton 3.6 through the interpreter, in its own venv. It
-# takes every pin from requirements.txt except those that requirements-triton36.txt overrides.
+# The second test stage: the GPU image's triton 3.6 through the interpreter, in its own venv. That
+# venv holds only the pins of requirements-triton36.txt; a .pth file puts .venv's packages after
+# them, so every other pin is requirements.txt's, with no second install of torch.
 VENV36 := .venv-triton36
 PY36 := $(VENV36)/bin/python
 SETUP36_STAMP := $(VENV36)/.setup-done
-TRITON36_OVERRIDES := triton|numpy
 
 .PHONY: setup test test-triton39 test-triton36 bench bench-compare gpu-check kernels train export onnx clean
 
@@ -22,20 +22,27 @@ $(SETUP_STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(SETUP36_STAMP): requirements.txt requirements-triton36.txt pyproject.toml
+$(SETUP36_STAMP): requirements-triton36.txt
 	$(PYTHON) -m venv $(VENV36)
-	grep -vE '^($(TRITON36_OVERRIDES))==' requirements.txt > $(VENV36)/requirements-base.txt
-	$(PY36) -m pip install --quiet -r $(VENV36)/requirements-base.txt -r requirements-triton36.txt
+	$(PY36) -m pip install --quiet --no-deps -r requirements-triton36.txt
+	$(PY36) -c 'import pathlib, sys, sysconfig; own = pathlib.Path(sysconfig.get_paths()["purelib"]); \
+	    base = pathlib.Path("$(VENV)").resolve() / own.relative_to(sys.prefix); \
+	    (own / "lenet-triton-base-venv.pth").write_text(f"{base}\n")'
 	touch $@
 
-# Both stages: the pinned set (torch 2.13 + triton 3.9), then the whole suite again on triton 3.6.
-test: test-triton39 test-triton36
+# Both stages side by side, one per core, after both set-ups (also side by side): the pinned set
+# (torch 2.13 + triton 3.9) runs every test; triton 3.6 every test that runs a Triton kernel. Prints
+# each stage's time and the total.
+test:
+	@started=$$(date +%s.%N); $(MAKE) --no-print-directory -j2 $(SETUP_STAMP) $(SETUP36_STAMP) && \
+	$(PY) tests/run_stages.py --started $$started --make "$(MAKE)" test-triton39 test-triton36
 
 test-triton39: $(SETUP_STAMP)
 	$(PY) -m pytest tests
 
-test-triton36: $(SETUP36_STAMP)
-	$(PY36) -m pytest tests
+# Tests marked torch_only run no Triton kernel: they are the same on every triton version.
+test-triton36: $(SETUP36_STAMP) $(SETUP_STAMP)
+	$(PY36) -m pytest tests -m "not torch_only"
 
 # The default training run: embedded digits, Triton backend; writes $(TRAIN_DIR)/checkpoint.pt,
 # metrics.json and curves.png. TRAIN_ARGS adds options, e.g. make train TRAIN_ARGS="--epochs 2".

@@ -17,6 +17,20 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+# The parameters that name what a benchmark row runs: a variant, an op's implementation, a host call.
+_ROW_PARAMETERS = ("variant", "impl", "row")
+
+
+def pytest_collection_modifyitems(items):
+    """Marks the rows that run no Triton kernel (eager, torch.compile, onnxruntime, torch's ops)
+    torch_only: `make test` runs those apart, and only on its triton 3.9 stage."""
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        names = [value for key, value in spec.params.items() if key in _ROW_PARAMETERS] if spec else []
+        if names and not any(variants.runs_triton(name) for name in names):
+            item.add_marker(pytest.mark.torch_only)
+
+
 def pytest_report_header(config):
     return [f"lenet_triton bench on {variants.device_name()}; precision {variants.PRECISION}",
             "Triton rows on CPU run Triton's interpreter: a correctness path, not a speed figure."

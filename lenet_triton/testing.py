@@ -7,7 +7,7 @@ orders, so float32 differs by a few ulps of the largest partial sum, and half ty
 """
 
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
 
 import torch
@@ -81,22 +81,30 @@ def recorded_launches(run: bool = True):
 
         # Instance attribute: `kernel[grid](...)` calls self.run(grid=..., warmup=False, ...).
         kernel.run = recording
-    guarded = [] if run else _kernel_classes()
-    for cls in guarded:
-        cls.run, cls._unguarded_run = _refuse_launch, cls.run
     try:
-        yield launches
+        with nullcontext() if run else refused_launches(
+                "recorded_launches(run=False), which stubs only lenet_triton's kernels: it would run for real"):
+            yield launches
     finally:
         for kernel in kernels:
             del kernel.run
-        for cls in guarded:
-            cls.run = cls._unguarded_run
-            del cls._unguarded_run
 
 
-def _refuse_launch(self, *args, **kwargs):
-    raise RuntimeError(f"Triton kernel {getattr(self, '__name__', self)!r} was launched inside "
-                       "recorded_launches(run=False), which stubs only lenet_triton's kernels: it would run for real")
+@contextmanager
+def refused_launches(why: str = "a block that must run no Triton kernel"):
+    """Inside the block, launching any Triton kernel (compiled or interpreted) raises RuntimeError."""
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError(f"Triton kernel {getattr(self, '__name__', self)!r} was launched inside {why}")
+
+    classes = _kernel_classes()
+    unguarded = [cls.run for cls in classes]
+    for cls in classes:
+        cls.run = refuse
+    try:
+        yield
+    finally:
+        for cls, run in zip(classes, unguarded):
+            cls.run = run
 
 
 def _kernel_classes() -> list:

@@ -9,6 +9,9 @@ import torch
 
 from lenet_triton import data
 
+# Loaders only: the same on every triton version.
+pytestmark = pytest.mark.torch_only
+
 
 def test_digits_split_is_fixed_and_normalized():
     train, test = data.load("digits")

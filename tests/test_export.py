@@ -235,6 +235,7 @@ def test_cli_export_writes_and_reports(checkpoint, tmp_path, capsys):
     assert out.is_file() and "ops: Conv, Gemm, MaxPool, Relu" in capsys.readouterr().out
 
 
+@pytest.mark.torch_only
 @pytest.mark.parametrize("make_args, message", [
     (lambda d, e, c: ["parity", str(d / "missing.onnx"), "--checkpoint", str(c)], "does not exist"),
     (lambda d, e, c: ["parity", str(c), "--checkpoint", str(c)], "is not an ONNX model"),
@@ -266,6 +267,7 @@ def test_cli_bad_input_exits_2_with_a_message(exported, checkpoint, tmp_path, ca
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.torch_only
 def test_ceil_mode_with_symbolic_spatial_size_is_refused():
     symbolic = type("Value", (), {"shape": [1, 3, "height", 8]})()
     with pytest.raises(onnx_export.ExportError, match="ceil_mode=True needs a static height and width"):

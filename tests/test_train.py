@@ -73,6 +73,7 @@ def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch, capsy
     TutorialNet().load_state_dict(torch.load(tmp_path / "checkpoint.pt"))  # a plain state_dict
 
 
+@pytest.mark.torch_only
 def test_time_to_target_counts_every_epoch_up_to_the_first_that_reaches_it():
     epochs = [{"epoch": 1, "seconds": 4.0, "test_accuracy": 0.90}, {"epoch": 2, "seconds": 1.5, "test_accuracy": 0.96},
               {"epoch": 3, "seconds": 1.0, "test_accuracy": 0.94}, {"epoch": 4, "seconds": 1.0, "test_accuracy": 0.97}]
@@ -81,6 +82,7 @@ def test_time_to_target_counts_every_epoch_up_to_the_first_that_reaches_it():
     assert train.time_to_target(epochs, 0.98) is None
 
 
+@pytest.mark.torch_only
 def test_target_summary_says_when_or_whether_the_target_was_reached():
     metrics = {"target_accuracy": 0.95, "epochs": [{}, {}, {}], "epochs_to_target": 2, "seconds_to_target": 5.54}
     assert train.target_summary(metrics) == "reached 95% test accuracy after epoch 2, 5.5 s from the start"
@@ -103,6 +105,7 @@ BAD_OPTIONS = [
 ]
 
 
+@pytest.mark.torch_only
 @pytest.mark.parametrize("argv, message", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
 def test_bad_options_fail_before_any_work(tmp_path, capsys, argv, message):
     out_dir = tmp_path / "run"
@@ -114,6 +117,7 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, argv, message):
     assert "epoch" not in captured.out and not out_dir.exists()
 
 
+@pytest.mark.torch_only
 def test_cli_entry_point_runs_as_a_module():
     done = subprocess.run([sys.executable, "-m", "lenet_triton.train", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
