@@ -51,11 +51,11 @@ def run_stages(stages: list, make: str, started: float) -> int:
         sys.stdout.write(log.read())
         log.close()
     print("\nmake test:")
-    print(f"  set-up                {ready - started:6.0f} s")
+    print(f"  set-up                  {ready - started:6.0f} s")
     for stage in stages:
         verdict = "passed" if processes[stage].returncode == 0 else f"FAILED (exit {processes[stage].returncode})"
-        print(f"  {stage:20}  {seconds[stage]:6.0f} s  {verdict}")
-    print(f"  total                 {time.time() - started:6.0f} s  (stages side by side)", flush=True)
+        print(f"  {stage:22}  {seconds[stage]:6.0f} s  {verdict}")
+    print(f"  total                   {time.time() - started:6.0f} s  (stages side by side)", flush=True)
     return 0 if all(p.returncode == 0 for p in processes.values()) else 1
 
 
