@@ -98,6 +98,7 @@ def test_each_op_translation_matches_the_triton_kernel(fn, input_shape, param_sh
 # The exported file
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.torch_only
 def test_exported_file_is_self_contained_standard_and_described(exported, checkpoint):
     assert sorted(p.name for p in exported.parent.iterdir()) == ["lenet.onnx"], "no external data, no temp files"
     proto = onnx.load(str(exported))
@@ -132,6 +133,7 @@ def test_other_opsets_export_and_pass_parity(checkpoint, tmp_path, opset):
     assert report.passed, parity.format_table(report)
 
 
+@pytest.mark.torch_only
 @pytest.mark.parametrize("backend", ["fused", "torch"])
 def test_every_backend_exports_the_same_graph(checkpoint, tmp_path, backend):
     model = onnx_export.load_checkpoint(checkpoint)
@@ -212,6 +214,7 @@ def test_cuda_provider_runs_where_onnxruntime_has_it_and_is_refused_by_name_wher
         assert code == 2 and "--provider cuda: this onnxruntime has no CUDAExecutionProvider" in captured.err
 
 
+@pytest.mark.torch_only
 def test_a_provider_that_onnxruntime_silently_replaced_is_refused(exported, checkpoint, monkeypatch):
     # onnxruntime runs on its CPU provider when CUDA's libraries fail to load, and only says so in
     # a log line: parity must not report that as the CUDA provider's result.
@@ -229,6 +232,7 @@ def test_a_provider_that_onnxruntime_silently_replaced_is_refused(exported, chec
         parity.run_parity(exported, checkpoint, batch_sizes=(2,), provider="tpu")
 
 
+@pytest.mark.torch_only
 def test_cli_export_writes_and_reports(checkpoint, tmp_path, capsys):
     out = tmp_path / "sub" / "m.onnx"
     assert export_main(["onnx", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
