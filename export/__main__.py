@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", type=Path, required=True, help="a plain LeNet / tutorial Net state_dict")
     export.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     export.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    export.add_argument("--in-channels", type=int, default=1, help="1 for MNIST-style input, 3 for CIFAR-10")
+    export.add_argument("--in-channels", type=int, default=None,
+                        help="the model's input channels (1: digits and MNIST, 3: CIFAR-10); default: the checkpoint's")
     parity = commands.add_parser("parity", help="prove an ONNX file matches its checkpoint, with onnxruntime",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parity.add_argument("onnx_file", type=Path, metavar="PATH")

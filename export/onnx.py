@@ -1,6 +1,6 @@
 """ONNX export of LeNet with standard ops only: every lenet_triton op maps to Conv, MaxPool, Gemm/MatMul, Relu.
 
-    python -m export onnx --checkpoint CKPT --out PATH [--opset N] [--in-channels C]
+    python -m export onnx --checkpoint CKPT --out PATH [--opset N] [--in-channels C (default: the checkpoint's)]
 
 The file has one input `image` (batch, C, 32, 32) and one output `logits` (batch, 10), a symbolic
 batch dimension named `batch`, all weights inside the one file, and metadata recording the versions,
@@ -94,9 +94,10 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path, in_channels: int = 1) -> LeNet:
+def load_checkpoint(path, in_channels: int = None) -> LeNet:
     """A LeNet (Triton backend, CPU) holding the state_dict at path, or an ExportError that lists
-    the missing, unexpected and mis-shaped keys."""
+    the missing, unexpected and mis-shaped keys. in_channels=None takes the input channels from the
+    checkpoint (conv1's weight: 1 for digits and MNIST, 3 for CIFAR-10)."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"checkpoint {str(path)!r} does not exist")
@@ -108,6 +109,9 @@ def load_checkpoint(path, in_channels: int = 1) -> LeNet:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ExportError(f"checkpoint {str(path)!r} is not a plain state_dict (a dict of tensors)")
+    if in_channels is None:
+        conv1 = state.get("conv1.weight")
+        in_channels = int(conv1.shape[1]) if conv1 is not None and conv1.dim() == 4 else 1
     model = LeNet(in_channels=in_channels)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -237,6 +241,6 @@ def check(proto: onnx.ModelProto) -> None:
         raise ExportError(f"the exported graph uses non-standard domains {sorted(custom)} or local functions")
 
 
-def export_checkpoint(checkpoint, out_path, *, opset: int = DEFAULT_OPSET, in_channels: int = 1) -> onnx.ModelProto:
+def export_checkpoint(checkpoint, out_path, *, opset: int = DEFAULT_OPSET, in_channels: int = None) -> onnx.ModelProto:
     model = load_checkpoint(checkpoint, in_channels)
     return export_onnx(model, out_path, opset=opset, checkpoint_sha256=sha256(checkpoint))

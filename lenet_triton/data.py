@@ -1,7 +1,8 @@
-"""Data sets for LeNet's 32x32 input: the embedded digits default and real MNIST IDX files.
+"""Data sets for LeNet's 32x32 input: the embedded digits default, real MNIST IDX files and
+CIFAR-10 (lenet_triton.cifar10).
 
-Nothing is downloaded: digits ships inside scikit-learn, and MNIST is read from files the user
-already has.
+Nothing is downloaded: digits ships inside scikit-learn, and MNIST and CIFAR-10 are read from
+files the user already has.
 """
 
 import gzip
@@ -12,7 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("digits", "mnist")
+DATASETS = ("digits", "mnist", "cifar10")
+# Datasets whose images have 3 channels (the others have 1).
+COLOR_DATASETS = ("cifar10",)
+DIGIT_CLASSES = tuple("0123456789")
 
 # Fixed split of the embedded digits: 20% held out, stratified by class, seed 0.
 DIGITS_TEST_FRACTION = 0.2
@@ -34,8 +38,9 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    images: torch.Tensor   # (N, 1, 32, 32) float32, normalized
+    images: torch.Tensor   # (N, C, 32, 32) float32, normalized
     labels: torch.Tensor   # (N,) int64
+    classes: tuple = DIGIT_CLASSES   # each label's class name
 
     def __len__(self):
         return len(self.labels)
@@ -45,10 +50,13 @@ def load(name: str, data_dir=None) -> tuple[Split, Split]:
     """(train, test) for a data set name in DATASETS."""
     if name == "digits":
         return load_digits()
-    if name == "mnist":
+    if name in ("mnist", "cifar10"):
         if data_dir is None:
-            raise DataError("mnist: give the directory that holds the IDX files (--data-dir)")
-        return load_mnist(data_dir)
+            raise DataError(f"{name}: give the directory that holds its files (--data-dir)")
+        if name == "mnist":
+            return load_mnist(data_dir)
+        from .cifar10 import load_cifar10
+        return load_cifar10(data_dir)
     raise DataError(f"unknown data set {name!r}; expected one of {DATASETS}")
 
 

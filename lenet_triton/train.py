@@ -45,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the batch order")
     parser.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda or cuda:N")
     parser.add_argument("--dataset", choices=data.DATASETS, default="digits",
-                        help="digits: embedded scikit-learn digits; mnist: IDX files in --data-dir")
-    parser.add_argument("--data-dir", type=Path, default=None, help="directory of the MNIST IDX files (.gz or raw)")
+                        help="digits: embedded scikit-learn digits; mnist: IDX files in --data-dir; cifar10: "
+                             "the python or binary version in --data-dir, unpacked or as its .tar.gz")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="directory of the MNIST IDX files (.gz or raw) or of CIFAR-10 (3 input channels)")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/default"))
     return parser
 
@@ -83,10 +85,10 @@ def check_args(args) -> None:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     if not 0 <= args.momentum < 1:
         raise ValueError(f"--momentum must be in [0, 1), got {args.momentum}")
-    if args.dataset == "mnist" and args.data_dir is None:
-        raise ValueError("--dataset mnist needs --data-dir, the directory of the IDX files")
+    if args.dataset != "digits" and args.data_dir is None:
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir, the directory of its files")
     if args.dataset == "digits" and args.data_dir is not None:
-        raise ValueError("--data-dir is only read with --dataset mnist")
+        raise ValueError("--data-dir is only read with --dataset mnist or cifar10")
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise ValueError(f"--out-dir {str(args.out_dir)!r} exists and is not a directory")
 

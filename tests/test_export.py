@@ -150,10 +150,14 @@ def test_parity_against_the_fused_backend(exported, checkpoint, capsys):
     assert code == 0 and "LeNet backend 'fused'" in out and "parity PASSED" in out, out
 
 
-def test_three_channel_model_exports(tmp_path):
+def test_three_channel_model_exports(tmp_path, capsys):
+    """The input channels come from the checkpoint unless --in-channels says otherwise."""
     path = tmp_path / "cifar.pt"
     torch.save(LeNet(in_channels=3).state_dict(), path)
-    onnx_export.export_checkpoint(path, tmp_path / "cifar.onnx", in_channels=3)
+    assert export_main(["onnx", "--checkpoint", str(path), "--out", str(tmp_path / "cifar.onnx")]) == 0, \
+        capsys.readouterr().err
+    dims = onnx.load(str(tmp_path / "cifar.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [3, 32, 32]
     assert parity.run_parity(tmp_path / "cifar.onnx", path, batch_sizes=(2,)).passed
 
 

@@ -10,9 +10,10 @@ from functools import partial
 import pytest
 import torch
 
-from lenet_triton import LeNet, TrainStep, data, train
+from lenet_triton import LeNet, TrainStep, cifar10, data, train
 from lenet_triton.testing import TOLERANCES
 from conftest import DEVICE
+from test_cifar10 import _batches, _binary_files, _write
 from test_model import TutorialNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +74,20 @@ def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch, capsy
     TutorialNet().load_state_dict(torch.load(tmp_path / "checkpoint.pt"))  # a plain state_dict
 
 
+@pytest.mark.parametrize("options", [["--backend", "torch"], ["--backend", "triton"],
+                                     ["--backend", "fused", "--fused-step"]], ids=["torch", "triton", "fused-step"])
+def test_cifar10_trains_with_three_channels_on_every_backend(tmp_path, capsys, options):
+    """A small CIFAR-10 in the binary archive (test_cifar10's files): the model takes 3 channels, and
+    the checkpoint loads into the tutorial's 3-channel Net."""
+    _write(tmp_path, cifar10.BINARY_VERSION, _binary_files(_batches()), archive=True)
+    out = tmp_path / "run"
+    assert train.main(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "16",
+                       "--out-dir", str(out), *options]) == 0
+    assert "cifar10 (35 train / 7 test images)" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["dataset"] == "cifar10"
+    TutorialNet(in_channels=3).load_state_dict(torch.load(out / "checkpoint.pt"))
+
+
 @pytest.mark.torch_only
 def test_time_to_target_counts_every_epoch_up_to_the_first_that_reaches_it():
     epochs = [{"epoch": 1, "seconds": 4.0, "test_accuracy": 0.90}, {"epoch": 2, "seconds": 1.5, "test_accuracy": 0.96},
@@ -102,6 +117,9 @@ BAD_OPTIONS = [
     (["--device", "tpu"], "--device"),
     (["--dataset", "mnist"], "needs --data-dir"),
     (["--dataset", "mnist", "--data-dir", "/nonexistent"], "does not exist"),
+    (["--dataset", "cifar10"], "--dataset cifar10 needs --data-dir"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "does not exist"),
+    (["--data-dir", "/tmp"], "--data-dir is only read with --dataset mnist or cifar10"),
 ]
 
 
