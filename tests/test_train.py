@@ -13,7 +13,7 @@ import torch
 from lenet_triton import LeNet, TrainStep, cifar10, data, train
 from lenet_triton.testing import TOLERANCES
 from conftest import DEVICE
-from test_cifar10 import _batches, _binary_files, _write
+from test_cifar10 import CLASSES, _batches, _binary_files, _python_files, _write
 from test_model import TutorialNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +88,39 @@ def test_cifar10_trains_with_three_channels_on_every_backend(tmp_path, capsys, o
     TutorialNet(in_channels=3).load_state_dict(torch.load(out / "checkpoint.pt"))
 
 
+def test_tutorial_recipe_prints_what_the_tutorial_prints(tmp_path, capsys):
+    """--recipe tutorial-cifar10 with the fused TrainStep (the recipe's batch of 4; the running loss
+    every 4 mini-batches here instead of 2000, and one epoch: options given still win)."""
+    _write(tmp_path, cifar10.PYTHON_VERSION, _python_files(_batches()))
+    out = tmp_path / "run"
+    argv = ["--recipe", "tutorial-cifar10", "--data-dir", str(tmp_path), "--epochs", "1", "--log-every", "4",
+            "--backend", "fused", "--fused-step", "--out-dir", str(out)]
+    args = train.parse_args(argv)
+    assert (args.dataset, args.optimizer, args.lr, args.momentum, args.batch_size, args.epochs, args.log_every) == \
+        ("cifar10", "sgd", 0.001, 0.9, 4, 1, 4)
+    metrics = train.train(args)
+    printed = capsys.readouterr().out.splitlines()
+    running = [line for line in printed if line.startswith("[1, ")]
+    assert [line[:10] for line in running] == ["[1,     4]", "[1,     8]"], printed   # 35 images: 9 mini-batches
+    assert all(float(line.split("loss: ")[1]) > 0 for line in running)
+    accuracy = round(metrics["final_test_accuracy"] * 7)
+    assert f"Accuracy of the network on the 7 test images: {100 * accuracy // 7} %" in printed
+    per_class = [line for line in printed if line.startswith("Accuracy for class: ")]
+    assert [line.split()[3] for line in per_class] == list(CLASSES), per_class
+    assert list(metrics["final_class_accuracy"]) == list(CLASSES)
+    assert json.loads((out / "metrics.json").read_text())["final_class_accuracy"] == metrics["final_class_accuracy"]
+    TutorialNet(in_channels=3).load_state_dict(torch.load(out / "checkpoint.pt"))
+
+
+@pytest.mark.torch_only
+def test_the_recipe_gives_defaults_and_the_command_line_wins():
+    args = train.parse_args(["--recipe", "tutorial-cifar10", "--data-dir", "d"])
+    assert (args.dataset, args.optimizer, args.lr, args.momentum, args.batch_size, args.epochs, args.log_every) == \
+        ("cifar10", "sgd", 0.001, 0.9, 4, 2, 2000)
+    assert train.parse_args(["--recipe", "tutorial-cifar10", "--lr", "0.01", "--batch-size", "8"]).lr == 0.01
+    assert train.parse_args([]).dataset == "digits" and train.parse_args([]).log_every == 0
+
+
 @pytest.mark.torch_only
 def test_time_to_target_counts_every_epoch_up_to_the_first_that_reaches_it():
     epochs = [{"epoch": 1, "seconds": 4.0, "test_accuracy": 0.90}, {"epoch": 2, "seconds": 1.5, "test_accuracy": 0.96},
@@ -120,6 +153,8 @@ BAD_OPTIONS = [
     (["--dataset", "cifar10"], "--dataset cifar10 needs --data-dir"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "does not exist"),
     (["--data-dir", "/tmp"], "--data-dir is only read with --dataset mnist or cifar10"),
+    (["--recipe", "tutorial-cifar10"], "--dataset cifar10 needs --data-dir"),
+    (["--log-every", "-1"], "--log-every must be >= 0"),
 ]
 
 
