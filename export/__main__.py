@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                         help="onnxruntime's execution provider: cpu, or cuda where onnxruntime has it")
     parity.add_argument("--report", type=Path, default=None, help="also write the results as JSON here")
+    parity.add_argument("--dataset", choices=["mnist", "cifar10"], default=None,
+                        help="also compare on this data set's test images, read from --data-dir")
+    parity.add_argument("--data-dir", type=Path, default=None, help="where --dataset's files are")
     return parser
 
 
@@ -62,7 +65,8 @@ def main(argv=None) -> int:
             print(f"wrote {args.out} (opset {args.opset}, {args.out.stat().st_size} bytes, ops: {', '.join(ops)})")
             return EXIT_OK
         report = run_parity(args.onnx_file, args.checkpoint, batch_sizes=args.batch_sizes, atol=args.atol,
-                            rtol=args.rtol, seed=args.seed, backend=args.backend, provider=args.provider)
+                            rtol=args.rtol, seed=args.seed, backend=args.backend, provider=args.provider,
+                            dataset=args.dataset, data_dir=args.data_dir)
     except (ExportError, ParityInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -2,10 +2,12 @@
 
     python -m export parity PATH --checkpoint CKPT [--backend triton|fused|torch] [--batch-sizes 1,7,64]
                             [--provider cpu|cuda] [--atol A --rtol R] [--report FILE]
+                            [--dataset mnist|cifar10 --data-dir DIR]
 
 Runs the PyTorch model (the per-op Triton backend unless --backend says otherwise; on the GPU when
 there is one) and onnxruntime (its CPU execution provider unless --provider says cuda) on the same
-inputs: random images at each batch size and the embedded digits test images. Compares the logits
+inputs: random images at each batch size, the embedded digits test images and, with --dataset, that
+data set's test images from --data-dir. Compares the logits
 within float32 tolerances and checks that the top-1 class agrees on every image. When a case
 fails, it re-runs that input with every layer's output exposed
 (onnxruntime's graph optimizations off, so nodes keep their exported names) and names the first
@@ -163,17 +165,36 @@ def first_diverging_layer(proto, model, images: torch.Tensor, device, atol, rtol
     return "none (layers agree; the difference is in the final comparison)"
 
 
-def cases(batch_sizes, in_channels: int, seed: int):
-    """(name, images) pairs: seeded random images at each batch size, then the digits test images."""
+def cases(batch_sizes, in_channels: int, seed: int, extra=None):
+    """(name, images) pairs: seeded random images at each batch size, the digits test images, then
+    `extra` (a data set's (name, test images)), if given."""
     generator = torch.Generator().manual_seed(seed)
     for batch in batch_sizes:
         yield "random", torch.randn(batch, in_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
     _, test = data.load_digits()
     yield "digits", test.images.expand(-1, in_channels, -1, -1).contiguous()
+    if extra is not None:
+        yield extra
+
+
+def load_test_images(dataset: str, data_dir, in_channels: int) -> torch.Tensor:
+    """The test split of a data set the user has, checked against the model's input channels."""
+    if dataset not in ("mnist", "cifar10") or data_dir is None:
+        raise ParityInputError(f"--dataset must be mnist or cifar10, given with --data-dir; got {dataset!r} and "
+                               f"--data-dir {data_dir}")
+    try:
+        _, test = data.load(dataset, data_dir)
+    except data.DataError as error:
+        raise ParityInputError(str(error)) from None
+    if test.images.shape[1] != in_channels:
+        raise ParityInputError(f"--dataset {dataset} has {test.images.shape[1]}-channel images, but the checkpoint's "
+                               f"model takes {in_channels}")
+    return test.images
 
 
 def run_parity(onnx_path, checkpoint, *, batch_sizes=DEFAULT_BATCH_SIZES, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL,
-               seed: int = 0, backend: str = "triton", provider: str = "cpu") -> Report:
+               seed: int = 0, backend: str = "triton", provider: str = "cpu", dataset: str = None,
+               data_dir=None) -> Report:
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ParityInputError(f"--batch-sizes must be positive integers, got {list(batch_sizes)}")
     if backend not in BACKENDS:
@@ -188,11 +209,14 @@ def run_parity(onnx_path, checkpoint, *, batch_sizes=DEFAULT_BATCH_SIZES, atol=D
         model = load_checkpoint(checkpoint, in_channels)
     except ExportError as error:
         raise ParityInputError(str(error)) from None
+    if dataset is None and data_dir is not None:
+        raise ParityInputError("--data-dir is only read with --dataset")
+    extra = (dataset, load_test_images(dataset, data_dir, in_channels)) if dataset is not None else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).with_backend(backend)
     session = onnxruntime_session(proto, provider)
     report = Report(str(onnx_path), str(checkpoint), atol, rtol, str(device), PROVIDERS[provider][0], backend)
-    for name, images in cases(batch_sizes, in_channels, seed):
+    for name, images in cases(batch_sizes, in_channels, seed, extra):
         with torch.no_grad():
             expected = model(images.to(device)).cpu().numpy()
         got = session.run(None, {INPUT_NAME: images.numpy()})[0]

@@ -161,6 +161,30 @@ def test_three_channel_model_exports(tmp_path, capsys):
     assert parity.run_parity(tmp_path / "cifar.onnx", path, batch_sizes=(2,)).passed
 
 
+def test_parity_adds_a_data_sets_test_images(exported, checkpoint, tmp_path, capsys):
+    """A 3-channel checkpoint against a small CIFAR-10 archive (tests/test_cifar10.py's files)."""
+    from test_cifar10 import _batches, _binary_files, _write
+    from lenet_triton import cifar10
+
+    _write(tmp_path, cifar10.BINARY_VERSION, _binary_files(_batches()), archive=True)
+    path = tmp_path / "cifar.pt"
+    torch.save(LeNet(in_channels=3).state_dict(), path)
+    onnx_export.export_checkpoint(path, tmp_path / "cifar.onnx")
+    report_path = tmp_path / "parity.json"
+    argv = ["parity", str(tmp_path / "cifar.onnx"), "--checkpoint", str(path), "--batch-sizes", "2",
+            "--dataset", "cifar10", "--data-dir", str(tmp_path), "--report", str(report_path)]
+    assert export_main(argv) == 0, capsys.readouterr().out
+    assert [(c["case"], c["batch"]) for c in json.loads(report_path.read_text())["cases"]] == \
+        [("random", 2), ("digits", 360), ("cifar10", 7)]
+    # A 1-channel model can't take CIFAR-10, and --data-dir alone says what it lacks.
+    assert export_main(["parity", str(exported), "--checkpoint", str(checkpoint), "--dataset", "cifar10",
+                        "--data-dir", str(tmp_path)]) == 2
+    assert "--dataset cifar10 has 3-channel images, but the checkpoint's model takes 1" in capsys.readouterr().err
+    assert export_main(["parity", str(tmp_path / "cifar.onnx"), "--checkpoint", str(path), "--data-dir",
+                        str(tmp_path)]) == 2
+    assert "--data-dir is only read with --dataset" in capsys.readouterr().err
+
+
 def _tamper(source, target, initializer="conv2.weight"):
     proto = onnx.load(str(source))
     for tensor in proto.graph.initializer:
