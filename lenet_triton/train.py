@@ -2,13 +2,17 @@
 
 Writes into --out-dir, each file atomically: checkpoint.pt (a plain state_dict the tutorial's Net
 loads), metrics.json (per-epoch losses, accuracy and seconds, plus backend, device and versions)
-and curves.png. The defaults reach >= 95% test accuracy on the embedded digits data; metrics.json
+and curves.png; and, after each epoch (and every --checkpoint-every N mini-batches), resume.pt,
+from which --resume continues a run that was stopped, even by SIGKILL, to exactly the weights of
+a run that never stopped. The defaults reach >= 95% test accuracy on the embedded digits data; metrics.json
 and the last line printed say after which epoch, and how many seconds from the start, that was.
 """
 
 import argparse
 import platform
+import signal
 import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -31,6 +35,9 @@ TARGET_ACCURACY = 0.95
 # --recipe NAME: another set of defaults (options given on the command line still win).
 # tutorial-cifar10 is PyTorch's "Training a classifier" tutorial: SGD, lr 0.001, momentum 0.9,
 # batch 4, 2 epochs, the running loss every 2000 mini-batches.
+RESUME_FILE = "resume.pt"
+# What must be the same for --resume to continue a run exactly.
+RESUME_OPTIONS = ("dataset", "backend", "fused_step", "optimizer", "lr", "momentum", "batch_size", "seed")
 RECIPES = {"tutorial-cifar10": dict(dataset="cifar10", optimizer="sgd", lr=0.001, momentum=0.9, batch_size=4,
                                     epochs=2, log_every=2000)}
 
@@ -57,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", type=Path, default=Path("runs/default"))
     parser.add_argument("--log-every", type=int, default=0, metavar="N",
                         help="print the running loss every N mini-batches, as the tutorial does (0: off)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                        help=f"also write {RESUME_FILE} every N mini-batches (it is written after each epoch)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue the run in --out-dir from its {RESUME_FILE}, with the same options")
     parser.add_argument("--recipe", choices=RECIPES, default=None,
                         help="tutorial-cifar10: the defaults of PyTorch's CIFAR-10 tutorial (needs --data-dir)")
     return parser
@@ -100,6 +111,10 @@ def check_args(args) -> None:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     if args.log_every < 0:
         raise ValueError(f"--log-every must be >= 0, got {args.log_every}")
+    if args.checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    if args.resume and not (args.out_dir / RESUME_FILE).is_file():
+        raise ValueError(f"--resume: there is no {RESUME_FILE} in --out-dir {str(args.out_dir)!r} to continue from")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not args.lr > 0:
@@ -120,12 +135,68 @@ def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim
     return torch.optim.SGD(params, lr=lr, momentum=momentum)
 
 
-def batches(split: data.Split, batch_size: int, generator: torch.Generator = None):
-    """(images, labels) batches, shuffled by `generator` when one is given."""
-    order = torch.randperm(len(split), generator=generator) if generator is not None else torch.arange(len(split))
-    for start in range(0, len(split), batch_size):
+def batches(split: data.Split, batch_size: int, generator: torch.Generator = None, order=None, skip: int = 0):
+    """(images, labels) batches in `order` (else shuffled by `generator` when one is given), from
+    batch number `skip` on."""
+    if order is None:
+        order = torch.randperm(len(split), generator=generator) if generator is not None else torch.arange(len(split))
+    for start in range(skip * batch_size, len(split), batch_size):
         index = order[start:start + batch_size]
         yield split.images[index], split.labels[index]
+
+
+class _Position:
+    """Where a run is: what resume.pt holds besides the model and the optimizer."""
+
+    def __init__(self, epoch=1, done=0, order=None, shuffle=None, sums=(0.0, 0, 0.0), epochs=(), elapsed=0.0):
+        self.epoch, self.done, self.order, self.shuffle = epoch, done, order, shuffle
+        self.sums, self.epochs, self.elapsed = sums, list(epochs), elapsed
+
+
+class _StopAfterTheStep:
+    """Ctrl-C stops training after the mini-batch in flight, never inside one (an optimizer half
+    way through its parameters); a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def release(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def save_resume(path: Path, args, model, optimizer, position: _Position) -> None:
+    state = {"options": {name: getattr(args, name) for name in RESUME_OPTIONS}, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), **vars(position)}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_resume(path: Path, args, model, optimizer, device) -> _Position:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged file
+        raise ValueError(f"--resume: {path} can't be read ({type(error).__name__}: {error})") from None
+    differ = [f"--{name.replace('_', '-')} {state['options'][name]} (now {getattr(args, name)})"
+              for name in RESUME_OPTIONS if state["options"][name] != getattr(args, name)]
+    if differ:
+        raise ValueError(f"--resume: {path} was written with other options: " + ", ".join(differ))
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    return _Position(**{key: state[key] for key in vars(_Position())})
 
 
 def train_step(model, optimizer, images, labels) -> torch.Tensor:
@@ -216,40 +287,74 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     model = LeNet(in_channels=train_split.images.shape[1], backend=args.backend).to(device)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
+    resume_path = args.out_dir / RESUME_FILE
+    position = load_resume(resume_path, args, model, optimizer, device) if args.resume else _Position()
+    if position.epoch > args.epochs:
+        raise ValueError(f"--resume: the run in {str(args.out_dir)!r} already finished its {position.epoch - 1} "
+                         f"epochs; give --epochs more than that to train on")
     step = TrainStep(model, optimizer) if args.fused_step else partial(train_step, model, optimizer)
     shuffle = torch.Generator().manual_seed(args.seed)
+    if position.shuffle is not None:
+        shuffle.set_state(position.shuffle)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     uses_triton = args.backend in TRITON_BACKENDS or args.fused_step
     mode = " (Triton interpreter)" if uses_triton and device.type == "cpu" else ""
     how = ", fused training step" if args.fused_step else ""
     print(f"training LeNet, backend {args.backend}{how}{mode}, on {device_name(device)}: {args.dataset} "
           f"({len(train_split)} train / {len(test_split)} test images), {args.epochs} epochs", flush=True)
+    if args.resume:
+        print(f"resuming from {resume_path}: epoch {position.epoch}, after mini-batch {position.done}", flush=True)
     metrics = {"backend": args.backend, "fused_step": args.fused_step, "device": str(device), "device_name": device_name(device),
                "interpreter": mode != "", "dataset": args.dataset, "versions": versions(),
-               "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "epochs": []}
-    started = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        epoch_start = time.perf_counter()
-        model.train()
-        loss_sum, seen = 0.0, 0
-        steps = (len(train_split) + args.batch_size - 1) // args.batch_size
-        with tqdm(batches(train_split, args.batch_size, shuffle), total=steps, desc=f"epoch {epoch}/{args.epochs}",
-                  unit="step", mininterval=1.0, file=sys.stderr) as progress:
-            running_loss = 0.0
-            for number, (images, labels) in enumerate(progress, start=1):
-                loss = step(images.to(device), labels.to(device)).item()
-                loss_sum, seen = loss_sum + loss * len(labels), seen + len(labels)
-                progress.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
-                running_loss += loss
-                if args.log_every and number % args.log_every == 0:
-                    progress.write(f"[{epoch}, {number:5d}] loss: {running_loss / args.log_every:.3f}", file=sys.stdout)
-                    running_loss = 0.0
-        model.eval()
-        test_loss, test_accuracy, class_accuracy = evaluate(model, test_split, device)
-        metrics["epochs"].append({"epoch": epoch, "train_loss": loss_sum / seen, "test_loss": test_loss,
-                                  "test_accuracy": test_accuracy, "seconds": time.perf_counter() - epoch_start})
-        print(f"epoch {epoch}: train loss {loss_sum / seen:.4f}, test loss {test_loss:.4f}, "
-              f"test accuracy {100 * test_accuracy:.2f}%, {metrics['epochs'][-1]['seconds']:.1f} s", flush=True)
+               "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "epochs": position.epochs}
+    started = time.perf_counter() - position.elapsed
+    steps = (len(train_split) + args.batch_size - 1) // args.batch_size
+    stop = _StopAfterTheStep()
+    try:
+        for epoch in range(position.epoch, args.epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            if position.order is None:   # a new epoch: its order, and the generator's state after drawing it
+                position.order = torch.randperm(len(train_split), generator=shuffle)
+                position.shuffle = shuffle.get_state()
+            position.epoch = epoch
+            loss_sum, seen, running_loss = position.sums
+            with tqdm(batches(train_split, args.batch_size, order=position.order, skip=position.done),
+                      initial=position.done, total=steps, desc=f"epoch {epoch}/{args.epochs}", unit="step",
+                      mininterval=1.0, file=sys.stderr) as progress:
+                for number, (images, labels) in enumerate(progress, start=position.done + 1):
+                    loss = step(images.to(device), labels.to(device)).item()
+                    loss_sum, seen = loss_sum + loss * len(labels), seen + len(labels)
+                    progress.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
+                    running_loss += loss
+                    if args.log_every and number % args.log_every == 0:
+                        progress.write(f"[{epoch}, {number:5d}] loss: {running_loss / args.log_every:.3f}",
+                                       file=sys.stdout)
+                        running_loss = 0.0
+                    position.done, position.sums = number, (loss_sum, seen, running_loss)
+                    position.elapsed = time.perf_counter() - started
+                    if args.checkpoint_every and number % args.checkpoint_every == 0 and number < steps:
+                        save_resume(resume_path, args, model, optimizer, position)
+                    stop.check()
+            model.eval()
+            test_loss, test_accuracy, class_accuracy = evaluate(model, test_split, device)
+            metrics["epochs"].append({"epoch": epoch, "train_loss": loss_sum / seen, "test_loss": test_loss,
+                                      "test_accuracy": test_accuracy, "seconds": time.perf_counter() - epoch_start})
+            print(f"epoch {epoch}: train loss {loss_sum / seen:.4f}, test loss {test_loss:.4f}, "
+                  f"test accuracy {100 * test_accuracy:.2f}%, {metrics['epochs'][-1]['seconds']:.1f} s", flush=True)
+            position = _Position(epoch + 1, 0, None, shuffle.get_state(), epochs=metrics["epochs"],
+                                 elapsed=time.perf_counter() - started)
+            save_resume(resume_path, args, model, optimizer, position)
+            stop.check()
+    except KeyboardInterrupt:
+        # position is always the last whole mini-batch: the state the model and optimizer are in.
+        save_resume(resume_path, args, model, optimizer, position)
+        print(f"\ninterrupted in epoch {position.epoch} after mini-batch {position.done}; {resume_path} holds the "
+              "run", flush=True)
+        raise
+    finally:
+        stop.release()
     metrics["total_seconds"] = time.perf_counter() - started
     metrics["final_test_accuracy"] = metrics["epochs"][-1]["test_accuracy"]
     metrics["final_class_accuracy"] = class_accuracy
@@ -271,11 +376,16 @@ def train(args) -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
         train(args)
     except (ValueError, data.DataError) as error:
         build_parser().error(str(error))  # exits with status 2
+    except KeyboardInterrupt:
+        again = " ".join(["python -m lenet_triton.train", *argv, *([] if args.resume else ["--resume"])])
+        print(f"to continue it: {again}", flush=True)
+        return 130
     return 0
 
 

@@ -1,6 +1,7 @@
 """Training: every backend (and the fused TrainStep) agrees with torch step by step, the CLI writes its files, bad options fail early."""
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch, capsy
     args = train.build_parser().parse_args(["--epochs", "2", "--batch-size", "40", "--out-dir", str(tmp_path),
                                             *options])
     metrics = train.train(args)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.json", "resume.pt"]
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written == json.loads(json.dumps(metrics))
     assert [e["epoch"] for e in written["epochs"]] == [1, 2]
@@ -110,6 +111,65 @@ def test_tutorial_recipe_prints_what_the_tutorial_prints(tmp_path, capsys):
     assert list(metrics["final_class_accuracy"]) == list(CLASSES)
     assert json.loads((out / "metrics.json").read_text())["final_class_accuracy"] == metrics["final_class_accuracy"]
     TutorialNet(in_channels=3).load_state_dict(torch.load(out / "checkpoint.pt"))
+
+
+def _run_until(command, lines: int, signum):
+    """Starts a training process and sends it `signum` once it has printed `lines` running-loss lines;
+    returns its exit code and output."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    output, seen = [], 0
+    for line in process.stdout:
+        output.append(line)
+        seen += line.startswith("[")
+        if seen == lines:
+            process.send_signal(signum)
+            break
+    output += process.stdout.readlines()
+    return process.wait(timeout=300), "".join(output)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_run_killed_and_interrupted_resumes_to_exactly_the_same_weights(tmp_path, backend):
+    """SIGKILL in the first epoch, Ctrl-C around the end of it, then --resume to the end: the same
+    weights, bit for bit, as a run that never stopped (9 mini-batches an epoch, resume.pt every 2)."""
+    _write(tmp_path, cifar10.BINARY_VERSION, _binary_files(_batches()))
+    options = ["--dataset", "cifar10", "--data-dir", str(tmp_path), "--backend", backend, "--epochs", "2",
+               "--batch-size", "4", "--optimizer", "sgd", "--lr", "0.05", "--log-every", "1", "--checkpoint-every", "2"]
+    assert train.main([*options, "--out-dir", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "stopped"
+    command = [sys.executable, "-m", "lenet_triton.train", *options, "--out-dir", str(out)]
+    code, _ = _run_until(command, 5, signal.SIGKILL)
+    assert code == -signal.SIGKILL and (out / "resume.pt").is_file()
+    code, printed = _run_until([*command, "--resume"], 4, signal.SIGINT)
+    assert code == 130 and "interrupted in epoch" in printed, printed
+    assert f"to continue it: python -m lenet_triton.train {' '.join(options)} --out-dir {out} --resume" in printed
+    done = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "resuming from" in done.stdout, done.stdout + done.stderr
+    whole, resumed = (torch.load(d / "checkpoint.pt") for d in (tmp_path / "whole", out))
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), f"{name} differs after the resumed run"
+    epochs = [json.loads((d / "metrics.json").read_text())["epochs"] for d in (tmp_path / "whole", out)]
+    assert [e["train_loss"] for e in epochs[0]] == [e["train_loss"] for e in epochs[1]]
+
+
+@pytest.mark.torch_only
+def test_resume_refuses_other_options_and_a_finished_run(tmp_path, capsys):
+    _write(tmp_path, cifar10.BINARY_VERSION, _binary_files(_batches()))
+    options = ["--dataset", "cifar10", "--data-dir", str(tmp_path), "--backend", "torch", "--epochs", "1",
+               "--out-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit):
+        train.main([*options, "--resume"])
+    assert "there is no resume.pt in --out-dir" in capsys.readouterr().err
+    assert train.main(options) == 0
+    with pytest.raises(SystemExit):
+        train.main([*options, "--resume", "--lr", "0.5"])
+    assert "was written with other options: --lr 0.002 (now 0.5)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main([*options, "--resume"])
+    assert "already finished its 1 epochs" in capsys.readouterr().err
+    assert train.main([*options[:-4], "--epochs", "2", *options[-2:], "--resume"]) == 0
+    assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]) == 2
 
 
 @pytest.mark.torch_only
