@@ -331,6 +331,7 @@ def train(args) -> dict:
                     if args.log_every and number % args.log_every == 0:
                         progress.write(f"[{epoch}, {number:5d}] loss: {running_loss / args.log_every:.3f}",
                                        file=sys.stdout)
+                        sys.stdout.flush()   # one line at a time, also into a pipe
                         running_loss = 0.0
                     position.done, position.sums = number, (loss_sum, seen, running_loss)
                     position.elapsed = time.perf_counter() - started

@@ -1,6 +1,7 @@
 """Training: every backend (and the fused TrainStep) agrees with torch step by step, the CLI writes its files, bad options fail early."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -75,8 +76,9 @@ def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch, capsy
     TutorialNet().load_state_dict(torch.load(tmp_path / "checkpoint.pt"))  # a plain state_dict
 
 
-@pytest.mark.parametrize("options", [["--backend", "torch"], ["--backend", "triton"],
-                                     ["--backend", "fused", "--fused-step"]], ids=["torch", "triton", "fused-step"])
+@pytest.mark.parametrize("options", [pytest.param(["--backend", "torch"], marks=pytest.mark.torch_only),
+                                     ["--backend", "triton"], ["--backend", "fused", "--fused-step"]],
+                         ids=["torch", "triton", "fused-step"])
 def test_cifar10_trains_with_three_channels_on_every_backend(tmp_path, capsys, options):
     """A small CIFAR-10 in the binary archive (test_cifar10's files): the model takes 3 channels, and
     the checkpoint loads into the tutorial's 3-channel Net."""
@@ -116,7 +118,10 @@ def test_tutorial_recipe_prints_what_the_tutorial_prints(tmp_path, capsys):
 def _run_until(command, lines: int, signum):
     """Starts a training process and sends it `signum` once it has printed `lines` running-loss lines;
     returns its exit code and output."""
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # Without PYTHONUNBUFFERED: the lines must come one at a time through a pipe by themselves.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True)
     output, seen = [], 0
     for line in process.stdout:
         output.append(line)
@@ -129,10 +134,11 @@ def _run_until(command, lines: int, signum):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", [pytest.param("torch", marks=pytest.mark.torch_only), "triton"])
 def test_a_run_killed_and_interrupted_resumes_to_exactly_the_same_weights(tmp_path, backend):
-    """SIGKILL in the first epoch, Ctrl-C around the end of it, then --resume to the end: the same
-    weights, bit for bit, as a run that never stopped (9 mini-batches an epoch, resume.pt every 2)."""
+    """SIGKILL in the middle of the first epoch, SIGKILL again at its end (evaluation or the epoch's
+    resume.pt), Ctrl-C in the second, then --resume to the end: the same weights, bit for bit, as a
+    run that never stopped (9 mini-batches an epoch, resume.pt every 2)."""
     _write(tmp_path, cifar10.BINARY_VERSION, _binary_files(_batches()))
     options = ["--dataset", "cifar10", "--data-dir", str(tmp_path), "--backend", backend, "--epochs", "2",
                "--batch-size", "4", "--optimizer", "sgd", "--lr", "0.05", "--log-every", "1", "--checkpoint-every", "2"]
@@ -141,7 +147,9 @@ def test_a_run_killed_and_interrupted_resumes_to_exactly_the_same_weights(tmp_pa
     command = [sys.executable, "-m", "lenet_triton.train", *options, "--out-dir", str(out)]
     code, _ = _run_until(command, 5, signal.SIGKILL)
     assert code == -signal.SIGKILL and (out / "resume.pt").is_file()
-    code, printed = _run_until([*command, "--resume"], 4, signal.SIGINT)
+    code, printed = _run_until([*command, "--resume"], 5, signal.SIGKILL)   # mini-batches 5 to 9
+    assert code == -signal.SIGKILL and "resuming from" in printed, printed
+    code, printed = _run_until([*command, "--resume"], 3, signal.SIGINT)
     assert code == 130 and "interrupted in epoch" in printed, printed
     assert f"to continue it: python -m lenet_triton.train {' '.join(options)} --out-dir {out} --resume" in printed
     done = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
