@@ -20,11 +20,11 @@ RECORDS = 7   # per batch file; the real files hold 10,000
 BATCHES = [*cifar10.TRAIN_BATCHES, cifar10.TEST_BATCH]
 
 
-def _batches(seed=0):
-    """{batch name: (images (RECORDS, 3072) uint8, labels list)}, random and never all zeros."""
+def _batches(seed=0, records=RECORDS):
+    """{batch name: (images (records, 3072) uint8, labels list)}, random and never all zeros."""
     rng = np.random.default_rng(seed)
-    return {name: (rng.integers(0, 256, (RECORDS, cifar10.IMAGE_BYTES), dtype=np.uint8),
-                   rng.integers(0, 10, RECORDS).tolist()) for name in BATCHES}
+    return {name: (rng.integers(0, 256, (records, cifar10.IMAGE_BYTES), dtype=np.uint8),
+                   rng.integers(0, 10, records).tolist()) for name in BATCHES}
 
 
 def _python_files(batches) -> dict:
