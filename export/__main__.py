@@ -15,6 +15,7 @@ def _batch_sizes(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lenet_triton.data import FILE_DATASETS
     from lenet_triton.model import BACKENDS
 
     from .onnx import DEFAULT_OPSET
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                         help="onnxruntime's execution provider: cpu, or cuda where onnxruntime has it")
     parity.add_argument("--report", type=Path, default=None, help="also write the results as JSON here")
-    parity.add_argument("--dataset", choices=["mnist", "cifar10"], default=None,
+    parity.add_argument("--dataset", choices=FILE_DATASETS, default=None,
                         help="also compare on this data set's test images, read from --data-dir")
     parity.add_argument("--data-dir", type=Path, default=None, help="where --dataset's files are")
     return parser

@@ -179,9 +179,9 @@ def cases(batch_sizes, in_channels: int, seed: int, extra=None):
 
 def load_test_images(dataset: str, data_dir, in_channels: int) -> torch.Tensor:
     """The test split of a data set the user has, checked against the model's input channels."""
-    if dataset not in ("mnist", "cifar10") or data_dir is None:
-        raise ParityInputError(f"--dataset must be mnist or cifar10, given with --data-dir; got {dataset!r} and "
-                               f"--data-dir {data_dir}")
+    if dataset not in data.FILE_DATASETS or data_dir is None:
+        raise ParityInputError(f"--dataset must be one of {data.FILE_DATASETS}, given with --data-dir; got "
+                               f"{dataset!r} and --data-dir {data_dir}")
     try:
         _, test = data.load(dataset, data_dir)
     except data.DataError as error:

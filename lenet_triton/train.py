@@ -4,8 +4,9 @@ Writes into --out-dir, each file atomically: checkpoint.pt (a plain state_dict t
 loads), metrics.json (per-epoch losses, accuracy and seconds, plus backend, device and versions)
 and curves.png; and, after each epoch (and every --checkpoint-every N mini-batches), resume.pt,
 from which --resume continues a run that was stopped, even by SIGKILL, to exactly the weights of
-a run that never stopped. The defaults reach >= 95% test accuracy on the embedded digits data; metrics.json
-and the last line printed say after which epoch, and how many seconds from the start, that was.
+a run that never stopped. The defaults reach >= 95% test accuracy on the embedded digits data;
+metrics.json and the last line printed say after which epoch, and how many seconds from the
+start, that was.
 """
 
 import argparse
@@ -32,12 +33,12 @@ TRITON_BACKENDS = ("triton", "fused")
 EVAL_BATCH_SIZE = 1024
 # The accuracy that "time to train" is measured to: what the defaults reach on digits.
 TARGET_ACCURACY = 0.95
-# --recipe NAME: another set of defaults (options given on the command line still win).
-# tutorial-cifar10 is PyTorch's "Training a classifier" tutorial: SGD, lr 0.001, momentum 0.9,
-# batch 4, 2 epochs, the running loss every 2000 mini-batches.
 RESUME_FILE = "resume.pt"
 # What must be the same for --resume to continue a run exactly.
 RESUME_OPTIONS = ("dataset", "backend", "fused_step", "optimizer", "lr", "momentum", "batch_size", "seed")
+# --recipe NAME: another set of defaults (options given on the command line still win).
+# tutorial-cifar10 is PyTorch's "Training a classifier" tutorial: SGD, lr 0.001, momentum 0.9,
+# batch 4, 2 epochs, the running loss every 2000 mini-batches.
 RECIPES = {"tutorial-cifar10": dict(dataset="cifar10", optimizer="sgd", lr=0.001, momentum=0.9, batch_size=4,
                                     epochs=2, log_every=2000)}
 
@@ -158,13 +159,14 @@ class _StopAfterTheStep:
     way through its parameters); a second Ctrl-C stops at once."""
 
     def __init__(self):
-        self.requested = False
+        self.requested = self.forced = False
         self.previous = None
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._request)
 
     def _request(self, signum, frame):
         if self.requested:
+            self.forced = True
             raise KeyboardInterrupt
         self.requested = True
 
@@ -349,7 +351,10 @@ def train(args) -> dict:
             save_resume(resume_path, args, model, optimizer, position)
             stop.check()
     except KeyboardInterrupt:
-        # position is always the last whole mini-batch: the state the model and optimizer are in.
+        if stop.forced:   # perhaps inside a step: the last resume.pt written stands
+            print(f"\nstopped at once; {resume_path} holds the run as of its last checkpoint", flush=True)
+            raise
+        # Stopped between steps: position is the last whole mini-batch, the state the model is in.
         save_resume(resume_path, args, model, optimizer, position)
         print(f"\ninterrupted in epoch {position.epoch} after mini-batch {position.done}; {resume_path} holds the "
               "run", flush=True)

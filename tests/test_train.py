@@ -166,6 +166,23 @@ def test_a_run_killed_and_interrupted_resumes_to_exactly_the_same_weights(tmp_pa
 
 
 @pytest.mark.torch_only
+def test_the_first_ctrl_c_waits_for_the_step_and_a_second_stops_at_once():
+    previous = signal.getsignal(signal.SIGINT)
+    stop = train._StopAfterTheStep()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)   # the first: noted, nothing interrupted
+        assert stop.requested and not stop.forced
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)   # the second: at once, and the run knows it was forced
+        assert stop.forced
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()
+    finally:
+        stop.release()
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+@pytest.mark.torch_only
 def test_resume_refuses_other_options_and_a_finished_run(tmp_path, capsys):
     _write(tmp_path, cifar10.BINARY_VERSION, _binary_files(_batches()))
     options = ["--dataset", "cifar10", "--data-dir", str(tmp_path), "--backend", "torch", "--epochs", "1",
