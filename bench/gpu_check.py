@@ -109,7 +109,9 @@ def test_command(fast: bool, dry_run: bool) -> list:
         return command + ["--collect-only"]
     if importlib.util.find_spec("xdist") is not None:
         # Triton compiles each kernel configuration on the host: spread that over the cores.
-        command += ["-n", str(min(8, os.cpu_count() or 1))]
+        # loadscope: a module's tests share one worker, so its module fixtures are made once, and the
+        # rehearsal's tests one rehearsal (tests/conftest.py).
+        command += ["-n", str(min(8, os.cpu_count() or 1)), "--dist", "loadscope"]
     return command
 
 

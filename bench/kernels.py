@@ -463,14 +463,25 @@ def run_rehearsal(folder: Path, processes: int) -> dict:
     for the compiler, so none runs in this one); their results merged."""
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(ROOT))
     paths = [folder / f"rehearsal-{i}.json" for i in range(processes)]
-    running = [subprocess.Popen([sys.executable, "-m", "bench.rehearsal", "--full", "--shard", f"{i}/{processes}",
-                                 "--json", str(path)], cwd=ROOT, env=env) for i, path in enumerate(paths)]
+    running = [subprocess.Popen(rehearsal_command(folder / "queue", path, full=True), cwd=ROOT, env=env)
+               for path in paths]
     for process in running:
         process.wait()
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
         raise RuntimeError(f"the rehearsal wrote nothing to {', '.join(missing)} (see above)")
-    parts = [json.loads(path.read_text()) for path in paths]
+    return merge_parts([json.loads(path.read_text()) for path in paths])
+
+
+def rehearsal_command(queue: Path, json_path: Path, full: bool = False) -> list:
+    """One of several rehearsal processes that share the scenarios through `queue`, each writing its
+    part to its own json_path (run with TRITON_INTERPRET=0 and the repository on PYTHONPATH)."""
+    return [sys.executable, "-m", "bench.rehearsal", *(["--full"] if full else []), "--queue", str(queue),
+            "--json", str(json_path)]
+
+
+def merge_parts(parts: list) -> dict:
+    """One rehearsal result from the parts that rehearsal_command's processes wrote."""
     merged = dict(parts[0], scenarios=[], seconds={}, launches=[], failures=[])
     for part in parts:
         for key in ("scenarios", "launches", "failures"):

@@ -1,6 +1,6 @@
 """Every GPU launch of the public API, rehearsed on the CPU for an H100: binding, compilation, resources.
 
-    python -m bench.rehearsal [--full] [--only TEXT ...] [--shard I/N] [--json PATH] [--list]
+    python -m bench.rehearsal [--full] [--only TEXT ...] [--queue DIR] [--json PATH] [--list]
     python -m bench.rehearsal --measure --only TEXT ... --json PATH      (on a GPU)
 
 Triton's interpreter runs a kernel's body on numpy and never enters the launch path, so a kernel that
@@ -405,6 +405,18 @@ def rehearse(selected: list, measure: bool = False, progress=print, checkpoint=N
     return result
 
 
+def taken_from(queue: Path, selected: list):
+    """The scenarios of `selected` that this process takes, one at a time as it gets to them: a
+    scenario goes to the first process that creates its file in `queue`."""
+    queue.mkdir(parents=True, exist_ok=True)
+    for index, scenario in enumerate(selected):
+        try:
+            os.close(os.open(queue / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        yield scenario
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rehearsal", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -415,16 +427,12 @@ def main(argv=None) -> int:
                         help="on a GPU: launch for real and time each launch (no stand-in driver)")
     parser.add_argument("--json", type=Path, help="write the launches and failures here (after each scenario)")
     parser.add_argument("--list", action="store_true", help="only list the scenarios that would run")
-    parser.add_argument("--shard", default="0/1", metavar="I/N",
-                        help="only every N-th scenario, from the I-th (for N processes side by side)")
+    parser.add_argument("--queue", type=Path, metavar="DIR",
+                        help="share the scenarios with the other processes given this folder: each takes the next "
+                             "one that none has taken, so that processes side by side end together")
     args = parser.parse_args(argv)
-    try:
-        index, count = (int(part) for part in args.shard.split("/"))
-        assert 0 <= index < count
-    except (ValueError, AssertionError):
-        parser.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     selected = [s for s in scenarios(args.full or bool(args.only))
-                if not args.only or any(text in s.name for text in args.only)][index::count]
+                if not args.only or any(text in s.name for text in args.only)]
     if not selected:
         parser.error(f"no scenario matches {args.only}")
     if args.list:
@@ -433,10 +441,11 @@ def main(argv=None) -> int:
     if args.measure and not torch.cuda.is_available():
         parser.error("--measure needs a CUDA device")
     start = time.perf_counter()
-    result = rehearse(selected, measure=args.measure, progress=lambda line: print(line, flush=True),
+    result = rehearse(selected if args.queue is None else taken_from(args.queue, selected), measure=args.measure,
+                      progress=lambda line: print(line, flush=True),
                       checkpoint=(lambda partial: write_json(args.json, partial)) if args.json else None)
-    print(f"{len(selected)} scenarios, {len(result['launches'])} launches, {len(result['failures'])} failed, "
-          f"{time.perf_counter() - start:.0f} s")
+    print(f"{len(result['scenarios'])} scenarios, {len(result['launches'])} launches, "
+          f"{len(result['failures'])} failed, {time.perf_counter() - start:.0f} s")
     return 1 if result["failures"] else 0
 
 

@@ -3,7 +3,6 @@
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -106,6 +105,9 @@ REHEARSAL_KEY = pytest.StashKey[tuple]()
 # The rehearsal runs at a lower CPU priority than the tests: they are one long chain that must not
 # wait for it, while it has until the end of the session and takes whatever core they leave idle.
 REHEARSAL_NICENESS = 5
+# In two processes that share the scenarios: what is left of it when the tests are done then keeps
+# both cores busy, where one process would leave a core idle at the end.
+REHEARSAL_PROCESSES = 2
 
 
 def pytest_collection_modifyitems(items):
@@ -115,34 +117,56 @@ def pytest_collection_modifyitems(items):
 
 def pytest_collection_finish(session):
     """Starts the GPU launch rehearsal (tests/test_rehearsal.py) as soon as it is known to be wanted:
-    a process of its own, mostly compiles, beside the other tests."""
-    if not session.config.option.collectonly and any(item.path.name == REHEARSAL_TEST for item in session.items):
-        folder = Path(tempfile.mkdtemp(prefix="lenet-rehearsal-"))
-        root = Path(__file__).resolve().parents[1]
-        env = dict(os.environ, PYTHONPATH=str(root), TRITON_INTERPRET="0")
-        log = open(folder / "log.txt", "w")
-        process = subprocess.Popen([sys.executable, "-m", "bench.rehearsal", "--json", str(folder / "rehearsal.json")],
-                                   cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=lambda: os.nice(REHEARSAL_NICENESS))
-        session.config.stash[REHEARSAL_KEY] = (process, folder, log)
+    processes of its own, mostly compiles, beside the other tests. Under pytest-xdist (gpu-check)
+    every worker collects every test, so there the rehearsal_run fixture starts it instead, in the
+    one worker that runs its module's tests (--dist loadscope)."""
+    wanted = any(item.path.name == REHEARSAL_TEST for item in session.items)
+    if wanted and not session.config.option.collectonly and not hasattr(session.config, "workerinput"):
+        _start_rehearsal(session.config)
+
+
+def _start_rehearsal(config):
+    from bench.kernels import rehearsal_command
+
+    folder = Path(tempfile.mkdtemp(prefix="lenet-rehearsal-"))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), TRITON_INTERPRET="0")
+    parts = []
+    for index in range(REHEARSAL_PROCESSES):
+        log = open(folder / f"log-{index}.txt", "w")
+        path = folder / f"rehearsal-{index}.json"
+        process = subprocess.Popen(rehearsal_command(folder / "queue", path), cwd=root, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(REHEARSAL_NICENESS))
+        parts.append((process, path, log))
+    config.stash[REHEARSAL_KEY] = (folder, parts)
 
 
 @pytest.fixture(scope="session")
 def rehearsal_run(request):
-    """(the rehearsal's JSON path, its log) once it has finished (see pytest_collection_finish)."""
-    process, folder, log = request.config.stash[REHEARSAL_KEY]
-    process.wait(timeout=1800)
-    log.close()
-    return folder / "rehearsal.json", (folder / "log.txt").read_text()
+    """(each process's JSON path, their logs) once every rehearsal process has finished (see
+    pytest_collection_finish). One that ended other than by finishing (exit 0, or 1 for failures it
+    recorded) fails here."""
+    if REHEARSAL_KEY not in request.config.stash:
+        _start_rehearsal(request.config)
+    _, parts = request.config.stash[REHEARSAL_KEY]
+    logs = []
+    for index, (process, path, log) in enumerate(parts):
+        code = process.wait(timeout=1800)
+        log.close()
+        logs.append(Path(log.name).read_text())
+        if code not in (0, 1):
+            pytest.fail(f"rehearsal process {index + 1} of {len(parts)} ended with exit {code}:\n{logs[-1][-5000:]}")
+    return [path for _, path, _ in parts], "\n".join(logs)
 
 
 def pytest_sessionfinish(session):
     """The rehearsal never outlives the session (stopped early, or its test deselected by a failure)."""
     started = session.config.stash.get(REHEARSAL_KEY, None)
     if started is not None:
-        process, folder, log = started
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log.close()
+        folder, parts = started
+        for process, _, log in parts:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            log.close()
         shutil.rmtree(folder, ignore_errors=True)

@@ -31,13 +31,14 @@ def _run(args, timeout):
 
 @pytest.fixture(scope="module")
 def rehearsal(rehearsal_run):
-    """The representative set's launches: python -m bench.rehearsal --json FILE, which conftest.py
-    starts as soon as the tests are collected."""
-    path, log = rehearsal_run
-    if not path.exists():
-        pytest.fail(f"the rehearsal wrote nothing:\n{log[-5000:]}")
-    print(log.strip().splitlines()[-1])
-    return json.loads(path.read_text())
+    """The representative set's launches: the parts that the rehearsal processes wrote (python -m
+    bench.rehearsal --queue DIR --json FILE, which conftest.py starts as soon as the tests are
+    collected), merged."""
+    paths, log = rehearsal_run
+    if not all(path.exists() for path in paths):
+        pytest.fail(f"the rehearsal wrote nothing to {[str(p) for p in paths if not p.exists()]}:\n{log[-5000:]}")
+    print("\n".join(line for line in log.splitlines() if " scenarios, " in line))
+    return kernels.merge_parts([json.loads(path.read_text()) for path in paths])
 
 
 def _rows(result, **match):
