@@ -115,22 +115,37 @@ def test_tutorial_recipe_prints_what_the_tutorial_prints(tmp_path, capsys):
     TutorialNet(in_channels=3).load_state_dict(torch.load(out / "checkpoint.pt"))
 
 
-def _run_until(command, lines: int, signum):
-    """Starts a training process and sends it `signum` once it has printed `lines` running-loss lines;
-    returns its exit code and output."""
-    # Without PYTHONUNBUFFERED: the lines must come one at a time through a pipe by themselves.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True)
+def _train_in_a_child(argv, lines=None, signum=None):
+    """Runs `python -m lenet_triton.train argv` in a child forked from this process, which has done
+    the imports that a new interpreter would spend seconds on, and sends it `signum` once it has
+    printed `lines` running-loss lines; returns its exit code (minus the signal that ended it, as
+    subprocess gives) and its output."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its output through the pipe, line by line as train flushes it
+        code = 1
+        try:
+            os.close(read_end)
+            os.dup2(write_end, 1)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+            sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+            code = train.main(argv)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 2
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    os.close(write_end)
     output, seen = [], 0
-    for line in process.stdout:
-        output.append(line)
-        seen += line.startswith("[")
-        if seen == lines:
-            process.send_signal(signum)
-            break
-    output += process.stdout.readlines()
-    return process.wait(timeout=300), "".join(output)
+    with open(read_end) as child_output:
+        for line in child_output:
+            output.append(line)
+            seen += line.startswith("[")
+            if seen == lines:
+                os.kill(pid, signum)
+                break
+        output += child_output.readlines()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "".join(output)
 
 
 @pytest.mark.slow
@@ -148,16 +163,16 @@ def test_a_run_killed_and_interrupted_resumes_to_exactly_the_same_weights(tmp_pa
                "--batch-size", "4", "--optimizer", "sgd", "--lr", "0.05", "--log-every", "1", "--checkpoint-every", "2"]
     assert train.main([*options, "--out-dir", str(tmp_path / "whole")]) == 0
     out = tmp_path / "stopped"
-    command = [sys.executable, "-m", "lenet_triton.train", *options, "--out-dir", str(out)]
-    code, _ = _run_until(command, 5, signal.SIGKILL)
+    argv = [*options, "--out-dir", str(out)]
+    code, _ = _train_in_a_child(argv, 5, signal.SIGKILL)
     assert code == -signal.SIGKILL and (out / "resume.pt").is_file()
-    code, printed = _run_until([*command, "--resume"], steps - 4, signal.SIGKILL)   # to about the epoch's end
+    code, printed = _train_in_a_child([*argv, "--resume"], steps - 4, signal.SIGKILL)   # to about the epoch's end
     assert code == -signal.SIGKILL and "resuming from" in printed, printed
-    code, printed = _run_until([*command, "--resume"], 3, signal.SIGINT)
+    code, printed = _train_in_a_child([*argv, "--resume"], 3, signal.SIGINT)
     assert code == 130 and "interrupted in epoch" in printed, printed
     assert f"to continue it: python -m lenet_triton.train {' '.join(options)} --out-dir {out} --resume" in printed
-    done = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "resuming from" in done.stdout, done.stdout + done.stderr
+    code, printed = _train_in_a_child([*argv, "--resume"])
+    assert code == 0 and "resuming from" in printed, printed
     whole, resumed = (torch.load(d / "checkpoint.pt") for d in (tmp_path / "whole", out))
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), f"{name} differs after the resumed run"
