@@ -5,12 +5,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from functools import partial
 
 import pytest
 import torch
+from tqdm import tqdm
 
 from lenet_triton import LeNet, TrainStep, cifar10, data, train
 from lenet_triton.testing import TOLERANCES
@@ -115,20 +117,44 @@ def test_tutorial_recipe_prints_what_the_tutorial_prints(tmp_path, capsys):
     TutorialNet(in_channels=3).load_state_dict(torch.load(out / "checkpoint.pt"))
 
 
-def _train_in_a_child(argv, lines=None, signum=None):
-    """Runs `python -m lenet_triton.train argv` in a child forked from this process, which has done
-    the imports that a new interpreter would spend seconds on, and sends it `signum` once it has
-    printed `lines` running-loss lines; returns its exit code (minus the signal that ended it, as
-    subprocess gives) and its output."""
+def _without_tqdm_monitor(monkeypatch):
+    """Stops tqdm's monitor thread (which the first progress bar in a process starts) for the rest of
+    the test: it takes tqdm's lock now and then, and a child forked while it held it would wait for
+    that lock forever at its first progress bar."""
+    monkeypatch.setattr(tqdm, "monitor_interval", 0)
+    if tqdm.monitor is not None:
+        tqdm.monitor.exit()
+        tqdm.monitor.join()
+        tqdm.monitor = None
+
+
+def _start_training(argv):
+    """`python -m lenet_triton.train argv` in a child process: (its pid, its output as a text stream,
+    a function that waits for it and returns its exit code, minus the signal that ended it).
+
+    On the CPU the child is forked from this process, which has done the imports that a new
+    interpreter would spend seconds on; this process must have no other thread then (one holding a
+    lock would hold it in the child forever). A forked child cannot use CUDA once this process has,
+    so with CUDA it is a new interpreter. Either way its lines come through the pipe one at a time
+    only as train flushes them."""
+    if DEVICE == "cuda":
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        process = subprocess.Popen([sys.executable, "-m", "lenet_triton.train", *argv], cwd=ROOT, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return process.pid, process.stdout, lambda: process.wait(timeout=300)
+    assert threading.active_count() == 1, f"threads that a fork would copy: {threading.enumerate()}"
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: its output through the pipe, line by line as train flushes it
+    if pid == 0:
         code = 1
         try:
             os.close(read_end)
             os.dup2(write_end, 1)
             os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
             sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+            # tqdm's default lock includes a semaphore that forked processes share: a child killed
+            # while it held it would leave every later progress bar waiting for it.
+            tqdm.set_lock(threading.RLock())
             code = train.main(argv)
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 2
@@ -136,26 +162,34 @@ def _train_in_a_child(argv, lines=None, signum=None):
             sys.stdout.flush()
             os._exit(code)
     os.close(write_end)
+    return pid, open(read_end), lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _train_in_a_child(argv, lines=None, signum=None):
+    """Runs training (_start_training) and sends it `signum` once it has printed `lines` running-loss
+    lines; returns its exit code and its output."""
+    pid, stream, wait = _start_training(argv)
     output, seen = [], 0
-    with open(read_end) as child_output:
-        for line in child_output:
+    with stream:
+        for line in stream:
             output.append(line)
             seen += line.startswith("[")
             if seen == lines:
                 os.kill(pid, signum)
                 break
-        output += child_output.readlines()
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "".join(output)
+        output += stream.readlines()
+    return wait(), "".join(output)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", [pytest.param("torch", marks=pytest.mark.torch_only), "triton"])
-def test_a_run_killed_and_interrupted_resumes_to_exactly_the_same_weights(tmp_path, backend):
+def test_a_run_killed_and_interrupted_resumes_to_exactly_the_same_weights(tmp_path, monkeypatch, backend):
     """SIGKILL in the middle of the first epoch, SIGKILL again about its end (evaluation or the epoch's
     resume.pt), Ctrl-C in the second, then --resume to the end: the same weights, bit for bit, as a
     run that never stopped (resume.pt every 2 mini-batches). A signal lands a little after the line
     that triggers it, so each process has many mini-batches left then: the torch backend's take
     milliseconds, so it gets 125 an epoch; the interpreter's take a fifth of a second, so 9."""
+    _without_tqdm_monitor(monkeypatch)
     records = 100 if backend == "torch" else 7
     steps = (5 * records + 3) // 4   # mini-batches of 4 in an epoch
     _write(tmp_path, cifar10.BINARY_VERSION, _binary_files(_batches(records=records)))
