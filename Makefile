@@ -11,19 +11,41 @@ VENV36 := .venv-triton36
 PY36 := $(VENV36)/bin/python
 SETUP36_STAMP := $(VENV36)/.setup-done
 
-.PHONY: setup test test-triton39 test-triton39-kernels test-torch-only test-triton36 bench bench-compare gpu-check kernels train export onnx clean
+.PHONY: setup lock test test-triton39 test-triton39-kernels test-torch-only test-triton36 bench bench-compare gpu-check kernels train export onnx clean
 
 TRAIN_DIR := runs/default
 
 setup: $(SETUP_STAMP)
 
-# pip byte-compiles what it installs on one core; compile_dir does the same on two (and, as pip
-# does, skips files it can't compile, such as torch's Python 3.12-only ones).
-$(SETUP_STAMP): requirements.txt pyproject.toml
+# requirements.txt names what the project needs; requirements-lock.txt (`make lock` writes it from
+# requirements.txt) every package that makes, at its exact version, in two groups: torch and triton
+# with what they need, then the rest. pip installs one package at a time, so the two groups install
+# side by side, without resolving (--no-deps), then pip check proves nothing is missing. pip also
+# byte-compiles on one core; compile_dir does it on two (and, as pip does, skips files it can't
+# compile, such as torch's Python 3.12-only ones).
+LOCK := requirements-lock.txt
+LOCK_SPLIT := ^\# the rest
+$(SETUP_STAMP): requirements.txt $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile -r requirements.txt
+	sed '/$(LOCK_SPLIT)/,$$d' $(LOCK) > $(VENV)/lock-torch.txt && sed -n '/$(LOCK_SPLIT)/,$$p' $(LOCK) > $(VENV)/lock-rest.txt
+	$(PY) -m pip install --quiet --no-compile --no-deps -r $(VENV)/lock-torch.txt & \
+	    $(PY) -m pip install --quiet --no-compile --no-deps -r $(VENV)/lock-rest.txt; rest=$$?; wait $$! && [ $$rest = 0 ]
+	$(PY) -m pip check
 	$(PY) -c 'import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=2)'
 	touch $@
+
+# Rewrites requirements-lock.txt: requirements.txt resolved in a scratch venv, torch and triton first.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet $$(grep -E '^(torch|triton)==' requirements.txt)
+	.venv-lock/bin/pip freeze --all --exclude pip | sed -E 's/\+[A-Za-z0-9.]+$$//' > .venv-lock/torch.txt
+	.venv-lock/bin/pip install --quiet -r requirements.txt
+	.venv-lock/bin/pip freeze --all --exclude pip | sed -E 's/\+[A-Za-z0-9.]+$$//' > .venv-lock/all.txt
+	{ echo "# Written by make lock from requirements.txt: every package of .venv at its exact version."; \
+	  echo "# torch, triton and what they need:"; cat .venv-lock/torch.txt; \
+	  echo "# the rest (make setup installs the two groups side by side):"; \
+	  grep -vxFf .venv-lock/torch.txt .venv-lock/all.txt; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	rm -rf .venv-lock
 
 $(SETUP36_STAMP): requirements-triton36.txt
 	$(PYTHON) -m venv $(VENV36)
@@ -102,4 +124,4 @@ gpu-check:
 	$(PYTHON) -m bench gpu-check --out $(GPU_CHECK_OUT) $(if $(FAST),--fast)
 
 clean:
-	rm -rf $(VENV) $(VENV36) .pytest_cache .hypothesis .benchmarks
+	rm -rf $(VENV) $(VENV36) .venv-lock .pytest_cache .hypothesis .benchmarks
