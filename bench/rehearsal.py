@@ -428,8 +428,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write the launches and failures here (after each scenario)")
     parser.add_argument("--list", action="store_true", help="only list the scenarios that would run")
     parser.add_argument("--queue", type=Path, metavar="DIR",
-                        help="share the scenarios with the other processes given this folder: each takes the next "
-                             "one that none has taken, so that processes side by side end together")
+                        help="share the scenarios with the other processes given this folder (a new one for each "
+                             "run): each takes the next one that none has taken, so that they end together")
     args = parser.parse_args(argv)
     selected = [s for s in scenarios(args.full or bool(args.only))
                 if not args.only or any(text in s.name for text in args.only)]
