@@ -444,6 +444,9 @@ def main(argv=None) -> int:
     result = rehearse(selected if args.queue is None else taken_from(args.queue, selected), measure=args.measure,
                       progress=lambda line: print(line, flush=True),
                       checkpoint=(lambda partial: write_json(args.json, partial)) if args.json else None)
+    if args.json:
+        # Also when this process took no scenario from --queue: its part is then empty, not missing.
+        write_json(args.json, result)
     print(f"{len(result['scenarios'])} scenarios, {len(result['launches'])} launches, "
           f"{len(result['failures'])} failed, {time.perf_counter() - start:.0f} s")
     return 1 if result["failures"] else 0
