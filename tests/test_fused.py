@@ -50,6 +50,13 @@ def test_property_any_batch_channels_and_classes(batch, in_channels, num_classes
     _check_forward_and_gradients(batch, in_channels, num_classes)
 
 
+def test_float64_past_the_chunk_that_fits_ten_samples():
+    """float64's conv1 weight gradient sums a 3-D product instead of a tl.dot: at 17 samples its rows
+    take several chunks (under the interpreter; on a GPU they always do)."""
+    _check_forward_and_gradients(17, dtype=torch.float64)
+    _check_train_steps("sgd", steps=1, batch=17, dtype=torch.float64)
+
+
 def test_many_classes_take_several_output_chunks():
     _check_forward_and_gradients(3, num_classes=300)
 
@@ -60,7 +67,7 @@ def test_gpu_launch_plan_with_several_programs(monkeypatch):
     interpreter (on a GPU, the real thing)."""
     monkeypatch.setattr(config, "_INTERPRETER_PLAN", False)
     monkeypatch.setattr(config, "_GPU_LENET_PROGRAMS", 2)
-    plan = config.lenet_plan(3, 1)
+    plan = config.lenet_plan(3, 1, torch.float32)
     # 3 samples in tiles of 2 on 2 programs: the last tile's second sample is past the batch. (In the
     # GPU's small chunks each program costs the interpreter about 7 s: two show all of this.)
     assert (plan.samples, plan.programs) == (2, 2), plan
@@ -73,7 +80,7 @@ def test_gpu_plan_keeps_every_sm_busy_and_partial_rows_few(monkeypatch):
     partial buffer has at most 264 rows), each a power-of-two tile that covers the batch."""
     monkeypatch.setattr(config, "_INTERPRETER_PLAN", False)
     for batch in [*range(1, 3000), 4095, 4096, 4097, 65535, 65536, 65537, 10**6]:
-        plan = config.lenet_plan(batch, 1)
+        plan = config.lenet_plan(batch, 1, torch.float32)
         assert plan.samples & (plan.samples - 1) == 0 and (plan.programs - 1) * plan.samples < batch, (batch, plan)
         assert plan.programs * plan.samples >= batch and plan.programs <= 264, (batch, plan)
         assert batch < 256 or plan.programs >= 132, (batch, plan)

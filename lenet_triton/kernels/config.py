@@ -200,14 +200,17 @@ class LeNetPlan:
     reduce_block: int       # parameter elements per program of lenet_reduce_kernel
 
 
-def lenet_plan(batch: int, in_channels: int) -> LeNetPlan:
-    """How the whole-network kernels split a batch: samples per program, programs, chunk sizes."""
+def lenet_plan(batch: int, in_channels: int, dtype: torch.dtype) -> LeNetPlan:
+    """How the whole-network kernels split a batch of `dtype` images: samples per program, programs,
+    chunk sizes."""
     if _interpreter_plan():
         samples = next_power_of_2(batch)
         # Each chunk a whole stage where the element budget allows: conv1's reduction in one step,
-        # and as many rows as then fit.
+        # and as many rows as then fit. In float64 conv1's weight gradient sums a (16 channels,
+        # rows, reduction) product instead of a tl.dot (lenet.py), which must fit the budget too.
         block_k1 = max(MIN_DOT_TILE, next_power_of_2(in_channels * 25))
-        block_r1 = min(next_power_of_2(samples * 196), _INTERPRETER_TILE_ELEMENTS // block_k1)
+        row_budget = _INTERPRETER_TILE_ELEMENTS // block_k1 // (16 if dtype == torch.float64 else 1)
+        block_r1 = min(next_power_of_2(samples * 196), row_budget)
         tile = dict(FC_ROWS=max(MIN_DOT_TILE, min(samples, _INTERPRETER_FC_ROWS)), BLOCK_R1=block_r1,
                     BLOCK_K1=block_k1, BLOCK_R2=max(MIN_DOT_TILE, min(next_power_of_2(samples * 25), 4096)),
                     BLOCK_K2=256, BLOCK_KD=max(MIN_DOT_TILE, min(512, _INTERPRETER_TILE_ELEMENTS // block_r1)),

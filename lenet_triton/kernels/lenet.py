@@ -644,7 +644,7 @@ def activation_buffers(batch, like):
 def forward(x, parameters, logits, act, win):
     """logits = LeNet(x) for contiguous x (batch >= 1) and parameters; fills act and win (activation_buffers)."""
     batch, in_channels, num_classes = _shape(x, logits)
-    plan = config.lenet_plan(batch, in_channels)
+    plan = config.lenet_plan(batch, in_channels, x.dtype)
     lenet_forward_kernel[(plan.programs,)](
         x, tuple(parameters), logits, act, win, batch, **_tile_args(plan, FORWARD_TILE, in_channels, num_classes,
                                                                        x.dtype))
@@ -663,7 +663,7 @@ def _reduce(partial, programs, grads, parameters, state1, state2, steps, hyper, 
 def backward(dlogits, x, parameters, act, win, grads):
     """Every parameter's gradient into grads (contiguous, parameters' shapes) from dlogits (batch, NC)."""
     batch, in_channels, num_classes = _shape(x, dlogits)
-    plan = config.lenet_plan(batch, in_channels)
+    plan = config.lenet_plan(batch, in_channels, x.dtype)
     sizes = param_sizes(in_channels, num_classes)
     acc = config.partial_buffer
     partial = acc((plan.programs, sum(sizes)), x)
@@ -682,7 +682,7 @@ class TrainBuffers:
     size: allocated once, so that later steps allocate nothing (and a CUDA graph can replay them)."""
 
     def __init__(self, batch, in_channels, num_classes, like):
-        self.plan = config.lenet_plan(batch, in_channels)
+        self.plan = config.lenet_plan(batch, in_channels, like.dtype)
         self.batch, self.in_channels, self.num_classes = batch, in_channels, num_classes
         self.sizes = param_sizes(in_channels, num_classes)
         rows = self.plan.programs * self.plan.samples  # every sample's, and the last tile's padding
