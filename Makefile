@@ -22,7 +22,8 @@ setup: $(SETUP_STAMP)
 # with what they need, then the rest. pip installs one package at a time, so the two groups install
 # side by side, without resolving (--no-deps), then pip check proves nothing is missing. pip also
 # byte-compiles on one core; compile_dir does it on two (and, as pip does, skips files it can't
-# compile, such as torch's Python 3.12-only ones).
+# compile, such as torch's Python 3.12-only ones). It leaves out what no command here imports: the
+# packages' own test suites, pip and setuptools (a fifth of the files; 21 -> 16 s on 2 cores).
 LOCK := requirements-lock.txt
 LOCK_SPLIT := ^\# the rest
 $(SETUP_STAMP): requirements.txt $(LOCK) pyproject.toml
@@ -31,7 +32,8 @@ $(SETUP_STAMP): requirements.txt $(LOCK) pyproject.toml
 	$(PY) -m pip install --quiet --no-compile --no-deps -r $(VENV)/lock-torch.txt & \
 	    $(PY) -m pip install --quiet --no-compile --no-deps -r $(VENV)/lock-rest.txt; rest=$$?; wait $$! && [ $$rest = 0 ]
 	$(PY) -m pip check
-	$(PY) -c 'import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=2)'
+	$(PY) -c 'import compileall, re, sysconfig; compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=2, \
+	    rx=re.compile(r"/(tests|pip|setuptools|pkg_resources|_distutils_hack)/"))'
 	touch $@
 
 # Rewrites requirements-lock.txt: requirements.txt resolved in a scratch venv, torch and triton first.
