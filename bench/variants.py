@@ -23,10 +23,14 @@ TRAIN_VARIANTS = (["eager", "compile-default"] + (["compile-max-autotune", "comp
 
 # Inference: logits for a batch of images.
 def _ort_cuda() -> bool:
+    # Without a GPU there is nothing to ask, and export.parity's imports (onnxscript, sympy) cost
+    # about a second in every process that reads this list.
+    if not GPU:
+        return False
     import onnxruntime
 
     from export.parity import PROVIDERS
-    return GPU and PROVIDERS["cuda"][0] in onnxruntime.get_available_providers()
+    return PROVIDERS["cuda"][0] in onnxruntime.get_available_providers()
 
 
 INFERENCE_VARIANTS = (["eager", "compile-default", "triton", "fused", "onnxruntime-cpu"]
