@@ -196,14 +196,14 @@ def rehearsal():
         raise RuntimeError("bench.rehearsal needs the kernels defined for the compiler: run it in its own process "
                            "(python -m bench.rehearsal), not where triton's interpreter is on")
     # Saved as it is, not reset: without a GPU triton's default driver cannot even be created.
-    saved = config._INTERPRETER_PLAN, ops._check_device, triton_driver._active
-    config._INTERPRETER_PLAN = False
+    saved = ops._check_device, triton_driver._active
     ops._check_device = lambda op, name, tensor: None
     triton_driver.set_active(RehearsalDriver())
     try:
-        yield
+        with config.using_plan(config.GPU_PLAN):
+            yield
     finally:
-        config._INTERPRETER_PLAN, ops._check_device, triton_driver._active = saved
+        ops._check_device, triton_driver._active = saved
 
 
 def measured_microseconds(launch) -> float:
