@@ -352,6 +352,18 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
     return out
 
 
+def _padding_only_window(size: int, out: int, kernel: int, stride: int, pad: int, dilation: int) -> Optional[int]:
+    """The first output position along one axis whose window covers only padding, or None. Only a
+    dilation larger than the input can skip over it: otherwise the first tap at or past 0 is inside."""
+    if dilation <= size:
+        return None
+    for position in range(out):
+        start = position * stride - pad
+        if not any(0 <= start + tap * dilation < size for tap in range(kernel)):
+            return position
+    return None
+
+
 def _pool_output_shape(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode) -> list[int]:
     return [*x.shape[:2]] + [pool_output_size(x.shape[2 + a], kernel_size[a], stride[a], padding[a], dilation[a],
                                                ceil_mode) for a in range(2)]
@@ -429,6 +441,12 @@ def max_pool2d(input: Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair
         if out < 1:
             raise ValueError(f"{op}: the (dilated) kernel {axis} {dilation[a] * (kernel_size[a] - 1) + 1} is larger "
                              f"than the padded input {axis} {size + 2 * padding[a]}")
+        empty = _padding_only_window(size, out, kernel_size[a], stride[a], padding[a], dilation[a])
+        if empty is not None:
+            raise ValueError(
+                f"{op}: with input {axis} {size}, padding {padding[a]} and dilation {dilation[a]}, the window of "
+                f"output {axis} position {empty} covers only padding (torch answers such a window with -inf and an "
+                "index outside the input, which its backward then writes to); use a dilation at most the input size")
     batched = input.dim() == 4
     y, indices = _max_pool2d(input if batched else input.unsqueeze(0), kernel_size, stride, padding, dilation,
                              ceil_mode)

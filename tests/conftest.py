@@ -16,15 +16,51 @@ import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 import lenet_triton  # noqa: E402,F401  (selects Triton's interpreter when there is no CUDA device)
-from lenet_triton.kernels.config import interpreting  # noqa: E402
+from lenet_triton.kernels import config as launch_config  # noqa: E402
 from lenet_triton.testing import assert_close, refused_launches  # noqa: E402
 
 # On a machine with CUDA the kernels are compiled for it; otherwise they run on CPU tensors through
 # Triton's interpreter. Either way the same kernel code is under test.
-DEVICE = "cpu" if interpreting() else "cuda"
+DEVICE = "cpu" if launch_config.interpreting() else "cuda"
 
-# float64 makes gradcheck possible; float16 runs under the interpreter too; bfloat16 only on a GPU.
-DTYPES = [torch.float32, torch.float64, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+
+def needs_cuda(value, id=None):
+    """A parameter that only a CUDA device can run: generated everywhere, skipped (and so reported by
+    -ra) where there is none."""
+    return pytest.param(value, id=id, marks=pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA"))
+
+
+# float64 makes gradcheck possible; float16 runs under the interpreter too; bfloat16 only on a GPU
+# (Triton's interpreter computes it wrongly, and the ops refuse it on the CPU).
+DTYPES = [torch.float32, torch.float64, torch.float16, needs_cuda(torch.bfloat16, id="torch.bfloat16")]
+HALF_DTYPES = [torch.float16, needs_cuda(torch.bfloat16, id="torch.bfloat16")]
+
+# The GPU plan with its tiles shrunk through its own fields (the kernels and the plan's logic are
+# the GPU's), so that shapes of a few dozen elements cross every boundary the GPU crosses at full
+# size: several row and column tiles with a ragged last one, several reduction steps, split-K
+# partials, several elementwise programs, and several whole-network programs with a last tile past
+# the batch. Through the interpreter each program costs time, so the tiles stay this small.
+SMALL_GPU_PLAN = launch_config.GpuPlan(gemm_tile_caps=(16, 16, 16), elementwise_block_cap=64, min_programs=8,
+                                       lenet_programs=2, reduce_block=16384)
+
+# Both launch plans, for the tests that run the same cases under each. The interpreter's plan is for
+# Triton's interpreter only (a compiled kernel could not hold its tiles).
+PLANS = {"interpreter-plan": launch_config.INTERPRETER_PLAN, "gpu-plan": SMALL_GPU_PLAN}
+
+
+@pytest.fixture(params=[pytest.param("interpreter-plan", marks=pytest.mark.skipif(
+    DEVICE == "cuda", reason="the interpreter's plan runs only through Triton's interpreter")), "gpu-plan"])
+def plan(request):
+    """Runs the test under each launch plan in turn."""
+    with launch_config.using_plan(PLANS[request.param]) as chosen:
+        yield chosen
+
+
+@pytest.fixture
+def gpu_plan():
+    """Runs the test under the GPU plan with small tiles (SMALL_GPU_PLAN)."""
+    with launch_config.using_plan(SMALL_GPU_PLAN) as chosen:
+        yield chosen
 
 # The interpreter costs a fraction of a second per launch: keep property-based runs short but real.
 settings.register_profile("lenet", max_examples=25, deadline=None, derandomize=True,
@@ -34,17 +70,22 @@ settings.load_profile("lenet")
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 
 
-def make(shape, dtype=torch.float32, layout="contiguous", requires_grad=False, scale=1.0):
-    """Random normal data (never zeros) in the requested memory layout.
+def make(shape, dtype=torch.float32, layout="contiguous", requires_grad=False, scale=1.0, ties=False):
+    """Random normal data (never zeros) in the requested memory layout; with ties, random integers
+    1, 2 and 3 instead, so that most windows hold equal values.
 
     'strided' is a view that skips every other element of the last dim of a wider tensor, so no
     dimension is contiguous; 'channels_last' needs a 4-D shape.
     """
+    def values(*size):
+        if ties:
+            return torch.randint(1, 4, size, device=DEVICE).double() * scale
+        return torch.randn(*size, device=DEVICE, dtype=torch.float64) * scale
+
     if layout == "strided":
-        wide = torch.randn(*shape[:-1], 2 * shape[-1], device=DEVICE, dtype=torch.float64) * scale
-        t = wide.to(dtype)[..., ::2]
+        t = values(*shape[:-1], 2 * shape[-1]).to(dtype)[..., ::2]
     else:
-        t = (torch.randn(*shape, device=DEVICE, dtype=torch.float64) * scale).to(dtype)
+        t = values(*shape).to(dtype)
         if layout == "channels_last":
             t = t.contiguous(memory_format=torch.channels_last)
     return t.requires_grad_(requires_grad)
@@ -75,6 +116,19 @@ def check_against_torch(ours, reference, tensors, *, name, out_index=None):
             assert got.shape == expected.shape, f"{name} grad of input {i}: shape {tuple(got.shape)}"
             assert_close(got.double(), expected, f"{name} grad of input {i}", dtype=dtype)
     return out
+
+
+# Each stage of `make test` names the triton it installed (the Makefile reads the pin from the stage's
+# requirements file): a path mistake that ran one triton for both stages fails at once.
+EXPECTED_TRITON = os.environ.get("LENET_TRITON_EXPECTED_TRITON")
+
+
+def pytest_configure(config):
+    import triton
+    if EXPECTED_TRITON and triton.__version__ != EXPECTED_TRITON:
+        raise pytest.UsageError(f"this stage expects triton {EXPECTED_TRITON} (LENET_TRITON_EXPECTED_TRITON, set "
+                                f"by the Makefile), but imported triton {triton.__version__} from "
+                                f"{os.path.dirname(triton.__file__)}")
 
 
 def pytest_report_header(config):

@@ -57,6 +57,8 @@ CASES = [
     ("pool dilation negative", lambda: ops.max_pool2d(X(), 2, dilation=-1), ValueError, r"dilation must be >= 1"),
     ("pool padding over half", lambda: ops.max_pool2d(X(), 2, padding=2), ValueError, r"at most half the kernel"),
     ("pool ceil_mode not bool", lambda: ops.max_pool2d(X(), 2, ceil_mode="yes"), TypeError, r"ceil_mode must be a bool"),
+    ("pool window of padding only", lambda: ops.max_pool2d(X(1, 2, 1, 8), (2, 4), (2, 3), 1, 2), ValueError,
+     r"input height 1, padding 1 and dilation 2, the window of output height position 0 covers only padding"),
     # groups that don't divide the channels
     ("conv groups divide", lambda: ops.conv2d(X(2, 4, 8, 8), W(6, 2, 3, 3), groups=3), ValueError,
      r"groups=3 must divide both the input channels \(4\) and the output channels \(6\)"),
