@@ -66,7 +66,7 @@ def test_layouts(layout):
     dict(x_shape=(3, 8, 8), w_shape=(5, 3, 3, 3), padding=1),                 # unbatched
     dict(x_shape=(0, 3, 8, 8), w_shape=(5, 3, 3, 3)),                         # empty batch
 ], ids=lambda case: ",".join(f"{k}={v}" for k, v in case.items()))
-def test_odd_cases(case):
+def test_odd_cases(case, plan):
     _check(**case)
 
 

@@ -14,7 +14,7 @@ from lenet_triton import LeNet, TrainStep, ops
 from lenet_triton.data import load_digits
 from lenet_triton.kernels import config
 from lenet_triton.testing import assert_close, recorded_launches
-from conftest import DEVICE, DTYPES
+from conftest import DEVICE, HALF_DTYPES, needs_cuda
 
 
 def _pair(in_channels=1, num_classes=10, dtype=torch.float32):
@@ -61,32 +61,51 @@ def test_many_classes_take_several_output_chunks():
     _check_forward_and_gradients(3, num_classes=300)
 
 
-def test_gpu_launch_plan_with_several_programs(monkeypatch):
-    """The GPU's small chunks, several programs each writing its own partial row, summed by the
-    reduction, and a last tile that runs past the batch: what a GPU runs, here through the
-    interpreter (on a GPU, the real thing)."""
-    monkeypatch.setattr(config, "_INTERPRETER_PLAN", False)
-    monkeypatch.setattr(config, "_GPU_LENET_PROGRAMS", 2)
+def test_gpu_launch_plan_with_several_programs(gpu_plan):
+    """The GPU's small chunks (several steps of every GEMM's rows and reduction), several programs
+    each writing its own partial row, summed by the reduction in several blocks, and a last tile that
+    runs past the batch: what a GPU runs, here through the interpreter (on a GPU, the real thing).
+    Forward and every gradient in float32 against torch in float64."""
     plan = config.lenet_plan(3, 1, torch.float32)
     # 3 samples in tiles of 2 on 2 programs: the last tile's second sample is past the batch. (In the
-    # GPU's small chunks each program costs the interpreter about 7 s: two show all of this.)
+    # GPU's small chunks each program costs the interpreter seconds: two show all of this.)
     assert (plan.samples, plan.programs) == (2, 2), plan
-    _check_forward_and_gradients(3)
-    _check_train_steps("sgd", steps=1, batch=3)
+    fused, _ = _pair()
+    exact = LeNet(backend="torch").to(DEVICE, torch.float64)
+    exact.load_state_dict(fused.state_dict())
+    images = torch.randn(3, 1, 32, 32, device=DEVICE)
+    upstream = torch.randn(3, 10, device=DEVICE)
+    with recorded_launches() as launches:
+        logits = fused(images)
+        logits.backward(upstream)
+    expected = exact(images.double())
+    expected.backward(upstream.double())
+    assert_close(logits.double(), expected, "GPU plan: logits", dtype=torch.float32)
+    for (name, ours), theirs in zip(fused.named_parameters(), exact.parameters()):
+        assert_close(ours.grad.double(), theirs.grad, f"GPU plan: {name}.grad", dtype=torch.float32)
+    # fc1.weight's 48,000 gradients in blocks of 16,384: three reduction blocks, the last one short.
+    assert [(launch.kernel, launch.grid) for launch in launches] == [
+        ("lenet_forward_kernel", (2,)), ("lenet_backward_kernel", (2,)), ("lenet_reduce_kernel", (3, 10))]
 
 
-def test_gpu_plan_keeps_every_sm_busy_and_partial_rows_few(monkeypatch):
+@pytest.mark.parametrize("optimizer_name", ["sgd-nesterov", "adam-weight-decay"])
+def test_train_step_under_the_gpu_launch_plan(gpu_plan, optimizer_name):
+    """TrainStep's two launches under the GPU plan, in float64 against eager torch.optim: the loss
+    from two programs' partial sums, the update applied block by block."""
+    _check_train_steps(optimizer_name, steps=2, batch=3, dtype=torch.float64)
+
+
+def test_gpu_plan_keeps_every_sm_busy_and_partial_rows_few():
     """From batch 256 on, at least one program per SM of an H100 (132) and at most two (264, so the
     partial buffer has at most 264 rows), each a power-of-two tile that covers the batch."""
-    monkeypatch.setattr(config, "_INTERPRETER_PLAN", False)
     for batch in [*range(1, 3000), 4095, 4096, 4097, 65535, 65536, 65537, 10**6]:
-        plan = config.lenet_plan(batch, 1, torch.float32)
+        plan = config.GPU_PLAN.lenet(batch, 1, torch.float32)
         assert plan.samples & (plan.samples - 1) == 0 and (plan.programs - 1) * plan.samples < batch, (batch, plan)
         assert plan.programs * plan.samples >= batch and plan.programs <= 264, (batch, plan)
         assert batch < 256 or plan.programs >= 132, (batch, plan)
 
 
-@pytest.mark.parametrize("dtype", [d for d in DTYPES if d in (torch.float16, torch.bfloat16)], ids=str)
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
 def test_half_precision_is_as_accurate_as_torch(dtype):
     """Each against a float64 run: at most twice torch's own error in the same dtype."""
     fused, reference = _pair(dtype=dtype)
@@ -129,10 +148,12 @@ def test_launches_per_call():
     assert [launch.kernel for launch in train] == ["lenet_train_kernel", "lenet_reduce_kernel"]
 
 
-def test_gradients_repeat_exactly():
-    """Per-program partial rows summed in a fixed order: no run-to-run difference at all."""
+def test_gradients_repeat_exactly(gpu_plan):
+    """Per-program partial rows summed in a fixed order: no run-to-run difference at all. Under the GPU
+    plan, so that several programs each write a partial row (the interpreter's plan runs one)."""
     fused, _ = _pair()
-    images = torch.randn(40, 1, 32, 32, device=DEVICE)
+    images = torch.randn(2, 1, 32, 32, device=DEVICE)
+    assert config.lenet_plan(2, 1, torch.float32).programs == 2
     runs = []
     for _ in range(2):
         fused.zero_grad()
@@ -298,10 +319,7 @@ def _check_train_steps(optimizer_name, steps, batch, cuda_graph=False, eager_ste
         _compare_models(fused, reference, optimizer, reference_optimizer, where)
 
 
-GRAPH_MODES = [False] + ([True] if DEVICE == "cuda" else [])
-
-
-@pytest.mark.parametrize("cuda_graph", GRAPH_MODES, ids=lambda g: "graph" if g else "eager")
+@pytest.mark.parametrize("cuda_graph", [pytest.param(False, id="eager"), needs_cuda(True, id="graph")])
 @pytest.mark.parametrize("optimizer_name", ["sgd-nesterov", "adam-weight-decay"])
 def test_train_step_matches_torch_optim_for_20_steps(optimizer_name, cuda_graph):
     """In float64, so that the comparison checks the arithmetic: in float32 both sides round

@@ -4,15 +4,22 @@ One storage of 2**31 + 4096 float32 elements (8 GiB of address space; on the CPU
 written are ever backed) holds views of three batch entries 2**30 elements apart. Each stride fits
 in 32 bits, but the third entry's offset (2 * 2**30) does not, so 32-bit index arithmetic would
 wrap and read or write the wrong place.
+
+Under the GPU plan, which picks 32-bit offsets wherever they fit (the interpreter's plan always
+takes 64-bit ones, so there a wrong choice could not show). Each op is first run with its launches
+stubbed out, to check that every launch chose int64 before any of them runs with a wrong width.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
+import triton.language as tl
 
 from lenet_triton import ops
-from lenet_triton.testing import assert_close
+from lenet_triton.testing import assert_close, recorded_launches
 from conftest import DEVICE
+
+pytestmark = pytest.mark.usefixtures("gpu_plan")
 
 STEP = 2**30
 
@@ -37,10 +44,18 @@ def _grads(fn, inputs, upstream):
     return (out, *torch.autograd.grad(out, inputs, upstream))
 
 
+def _every_launch_takes_int64(fn, inputs, upstream):
+    with recorded_launches(run=False) as launches:
+        _grads(fn, inputs, upstream)
+    assert launches and all(launch.kwargs["IDX"] == tl.int64 for launch in launches), \
+        [(launch.kernel, launch.kwargs["IDX"]) for launch in launches]
+
+
 def test_conv2d(storage):
     x = _far_apart(storage, (3, 3, 6, 5))
     upstream = _far_apart(storage, (3, 4, 6, 5), offset=512)
     w, b = torch.randn(4, 3, 3, 3, device=DEVICE), torch.randn(4, device=DEVICE)
+    _every_launch_takes_int64(lambda x, w, b: ops.conv2d(x, w, b, padding=1, activation="relu"), [x, w, b], upstream)
     ours = _grads(lambda x, w, b: ops.conv2d(x, w, b, padding=1, activation="relu"), [x, w, b], upstream)
     ref = _grads(lambda x, w, b: F.relu(F.conv2d(x, w, b, padding=1)), [x, w, b], upstream)
     for name, got, expected in zip(["output", "dx", "dw", "db"], ours, ref):
@@ -50,6 +65,7 @@ def test_conv2d(storage):
 def test_max_pool2d(storage):
     x = _far_apart(storage, (3, 3, 6, 6))
     upstream = _far_apart(storage, (3, 3, 3, 3), offset=512)
+    _every_launch_takes_int64(lambda x: ops.max_pool2d(x, 2), [x], upstream)
     (y, idx), (ref, ref_idx) = ops.max_pool2d(x, 2, return_indices=True), F.max_pool2d(x, 2, return_indices=True)
     assert torch.equal(idx, ref_idx)
     ours = _grads(lambda x: ops.max_pool2d(x, 2), [x], upstream)
@@ -62,6 +78,7 @@ def test_linear(storage):
     x = _far_apart(storage, (3, 7))
     upstream = _far_apart(storage, (3, 5), offset=512)
     w, b = torch.randn(5, 7, device=DEVICE), torch.randn(5, device=DEVICE)
+    _every_launch_takes_int64(lambda x, w, b: ops.linear(x, w, b, activation="relu"), [x, w, b], upstream)
     ours = _grads(lambda x, w, b: ops.linear(x, w, b, activation="relu"), [x, w, b], upstream)
     ref = _grads(lambda x, w, b: F.relu(F.linear(x, w, b)), [x, w, b], upstream)
     for name, got, expected in zip(["output", "dx", "dw", "db"], ours, ref):

@@ -46,7 +46,7 @@ def test_dtypes(dtype):
     dict(x_shape=(6, 10), out_features=8, layout="strided", activation="relu"),
     dict(x_shape=(3, 5, 10), out_features=8, layout="strided"),
 ], ids=lambda case: ",".join(f"{k}={v}" for k, v in case.items()))
-def test_odd_cases(case):
+def test_odd_cases(case, plan):
     _check(**case)
 
 

@@ -1,11 +1,11 @@
 """Large batches against the grid limits, TF32 on and off, and half precision through the whole model.
 
-On a GPU everything here runs for real. Without one:
-- the large batches run the GPU launch plan with the launches stubbed out, and every launch's grid
-  is checked against CUDA's limits;
-- TF32 still checks that the switch reaches the kernels' dot precision (the interpreter computes
-  in float32 either way);
-- half precision runs float16 through the interpreter (bfloat16 is cuda-only, see ops).
+- Large batches: on any device, the GPU launch plan's launches for a whole step, stubbed out, each
+  grid checked against CUDA's limits; on a GPU the step also runs for real against torch (skipped,
+  with "needs CUDA", elsewhere).
+- TF32: the switch reaches the kernels' dot precision and the tolerance (the interpreter computes
+  in float32 either way).
+- Half precision: float16 through the interpreter too; bfloat16 on cuda only (see ops).
 """
 
 import pytest
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from lenet_triton import LeNet
 from lenet_triton.kernels import config
-from lenet_triton.testing import assert_close, recorded_launches, tolerance
-from conftest import DEVICE, DTYPES
+from lenet_triton.testing import TF32_TOLERANCE, TOLERANCES, assert_close, recorded_launches, tolerance
+from conftest import DEVICE, HALF_DTYPES, needs_cuda
 
 # CUDA's grid limits per axis (x, y, z).
 CUDA_GRID_LIMITS = (2**31 - 1, 65535, 65535)
@@ -38,24 +38,29 @@ def _step(model, images, labels):
 
 
 @pytest.mark.parametrize("batch", LARGE_BATCHES)
-def test_lenet_step_at_large_batch_fits_the_grid(batch, monkeypatch):
-    run = DEVICE == "cuda"
-    if not run:
-        monkeypatch.setattr(config, "_INTERPRETER_PLAN", False)  # plan as for a GPU; nothing is launched
-    ours, reference = _models()
+def test_lenet_step_at_large_batch_fits_the_grid(batch):
+    """The GPU plan's launches for a whole step, with the launches stubbed out (on any device)."""
+    ours, _ = _models()
     images = torch.randn(batch, 1, 32, 32, device=DEVICE)
     labels = torch.randint(0, 10, (batch,), device=DEVICE)
-    with recorded_launches(run=run) as launches:
-        loss, grads = _step(ours, images, labels)
+    with config.using_plan(config.GPU_PLAN), recorded_launches(run=False) as launches:
+        _step(ours, images, labels)
     assert len(launches) >= 18, launches
     for launch in launches:
         grid = launch.grid + (1,) * (3 - len(launch.grid))
         assert all(1 <= size <= limit for size, limit in zip(grid, CUDA_GRID_LIMITS)), launch
-    if run:
-        expected_loss, expected_grads = _step(reference, images, labels)
-        assert_close(loss, expected_loss, f"batch {batch} loss")
-        for name, grad in grads.items():
-            assert_close(grad, expected_grads[name], f"batch {batch} {name}.grad")
+
+
+@pytest.mark.parametrize("batch", [needs_cuda(batch, id=str(batch)) for batch in LARGE_BATCHES])
+def test_lenet_step_at_large_batch_matches_torch(batch):
+    ours, reference = _models()
+    images = torch.randn(batch, 1, 32, 32, device=DEVICE)
+    labels = torch.randint(0, 10, (batch,), device=DEVICE)
+    loss, grads = _step(ours, images, labels)
+    expected_loss, expected_grads = _step(reference, images, labels)
+    assert_close(loss, expected_loss, f"batch {batch} loss")
+    for name, grad in grads.items():
+        assert_close(grad, expected_grads[name], f"batch {batch} {name}.grad")
 
 
 @pytest.fixture
@@ -77,7 +82,8 @@ def test_tf32_switch_reaches_the_kernels_and_both_sides_agree(tf32, tf32_switche
     tf32_switches(tf32)
     assert config.dot_precision(torch.float32) == ("tf32" if tf32 else "ieee")
     assert config.dot_precision(torch.float64) == "ieee"
-    assert tolerance(torch.float32) != tolerance(torch.float64)
+    assert tolerance(torch.float32) == (TF32_TOLERANCE if tf32 else TOLERANCES[torch.float32])
+    assert tolerance(torch.float64) == TOLERANCES[torch.float64], "TF32 never touches float64"
     ours, reference = _models(in_channels=3)
     images = torch.randn(64, 3, 32, 32, device=DEVICE)
     labels = torch.randint(0, 10, (64,), device=DEVICE)
@@ -92,7 +98,7 @@ def _relative_error(actual, expected):
     return ((actual.double() - expected).norm() / expected.norm()).item()
 
 
-@pytest.mark.parametrize("dtype", [d for d in DTYPES if d in (torch.float16, torch.bfloat16)], ids=str)
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
 def test_lenet_in_half_precision_is_as_accurate_as_torch(dtype):
     """Logits and every gradient, each measured against a float64 run: ours may be off by at most
     twice what torch's own run in the same dtype is off by (both accumulate in float32)."""
