@@ -65,18 +65,25 @@ test:
 	@started=$$(date +%s.%N); $(MAKE) --no-print-directory -j2 $(SETUP_STAMP) $(SETUP36_STAMP) && \
 	$(PY) tests/run_stages.py --started $$started --make "$(MAKE)" test-triton39-kernels test-torch-only test-triton36
 
+# Each stage tells the tests which triton its venv must hold (tests/conftest.py checks it), read from
+# the pin that installed it, so that a path mistake cannot run one triton twice and pass.
+TRITON39 := $(shell sed -n 's/^triton==//p' requirements.txt)
+TRITON36 := $(shell sed -n 's/^triton==//p' requirements-triton36.txt)
+PYTEST39 := LENET_TRITON_EXPECTED_TRITON=$(TRITON39) $(PY) -m pytest
+PYTEST36 := LENET_TRITON_EXPECTED_TRITON=$(TRITON36) $(PY36) -m pytest
+
 # The whole suite on triton 3.9 in one process (what make test runs in two).
 test-triton39: $(SETUP_STAMP)
-	$(PY) -m pytest tests
+	$(PYTEST39) tests
 
 test-triton39-kernels: $(SETUP_STAMP)
-	$(PY) -m pytest tests -m "not torch_only"
+	$(PYTEST39) tests -m "not torch_only"
 
 test-torch-only: $(SETUP_STAMP)
-	$(PY) -m pytest tests -m torch_only
+	$(PYTEST39) tests -m torch_only
 
 test-triton36: $(SETUP36_STAMP) $(SETUP_STAMP)
-	$(PY36) -m pytest tests -m "not torch_only"
+	$(PYTEST36) tests -m "not torch_only"
 
 # The default training run: embedded digits, Triton backend; writes $(TRAIN_DIR)/checkpoint.pt,
 # metrics.json and curves.png. TRAIN_ARGS adds options, e.g. make train TRAIN_ARGS="--epochs 2".

@@ -14,6 +14,20 @@ def _lenet_like(x, w1, b1, w2, b2):
     return ops.linear(h.flatten(1), w2, b2, activation="relu")
 
 
+def _torch_lenet_like(x, w1, b1, w2, b2):
+    h = F.max_pool2d(F.relu(F.conv2d(x, w1, b1, padding=1)), 2)
+    return F.relu(F.linear(h.flatten(1), w2, b2))
+
+
+def _check_against_functional(output, grads, params, upstream, what):
+    """output and the gradients of params (float32) against torch.nn.functional's in float64."""
+    exact = [p.detach().double().requires_grad_() for p in params]
+    expected = _torch_lenet_like(*exact)
+    assert_close(output.double(), expected, f"{what} output", dtype=torch.float32)
+    for i, (got, want) in enumerate(zip(grads, torch.autograd.grad(expected, exact, upstream.double()))):
+        assert_close(got.double(), want, f"{what} grad {i}", dtype=torch.float32)
+
+
 def _params():
     x = make((3, 2, 8, 8), requires_grad=True)
     w1 = make((4, 2, 3, 3), requires_grad=True, scale=0.3)
@@ -36,17 +50,12 @@ def test_opcheck(op, args):
 
 
 @pytest.mark.slow
-def test_compile_fullgraph_matches_eager_with_gradients():
+def test_compile_fullgraph_matches_torch_with_gradients():
     torch._dynamo.reset()
     params = _params()
     upstream = torch.randn(3, 5, device=params[0].device)
-    eager = _lenet_like(*params)
-    eager_grads = torch.autograd.grad(eager, params, upstream)
     compiled = torch.compile(_lenet_like, fullgraph=True)(*params)  # fullgraph: any graph break raises
-    compiled_grads = torch.autograd.grad(compiled, params, upstream)
-    assert_close(compiled, eager, "compiled output")
-    for i, (got, expected) in enumerate(zip(compiled_grads, eager_grads)):
-        assert_close(got, expected, f"compiled grad {i}")
+    _check_against_functional(compiled, torch.autograd.grad(compiled, params, upstream), params, upstream, "compiled")
 
 
 def test_compile_keeps_ops_opaque_without_graph_breaks():
@@ -68,9 +77,8 @@ def test_torch_export_runs_and_matches():
     program = torch.export.export(Small(), (x,))
     called = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert "lenet_triton.conv2d.default" in called and "lenet_triton.linear.default" in called
-    assert_close(program.module()(x), Small()(x), "exported program output")
-    reference = F.relu(F.linear(F.max_pool2d(F.relu(F.conv2d(x, w1, b1, padding=1)), 2).flatten(1), w2, b2))
-    assert_close(program.module()(x), reference, "exported program vs torch")
+    reference = _torch_lenet_like(*[t.double() for t in (x, w1, b1, w2, b2)])
+    assert_close(program.module()(x).double(), reference, "exported program vs torch", dtype=torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +108,7 @@ def test_plain_eager_calls_skip_the_custom_ops_and_give_the_same_results(monkeyp
     assert torch.equal(out, expected)
     for ours, theirs in zip(inputs, via_ops):
         assert torch.equal(ours.grad, theirs.grad)
+    _check_against_functional(out, [t.grad for t in inputs], inputs, 2 * out.detach(), "plain eager")
 
 
 def test_traced_and_fake_calls_still_use_the_custom_ops(monkeypatch):

@@ -32,27 +32,49 @@ def _write_idx(path, magic, array, gz=False, cut=0, extra=b""):
 
 
 def _fake_mnist(tmp_path, gz, train_count=7, test_count=3, label_count=None):
+    """Writes random IDX files; returns what was written: [(images, labels) of train, of test]."""
     rng = np.random.default_rng(0)
     suffix = ".gz" if gz else ""
+    written = []
     for (images_name, labels_name), count in zip(data.MNIST_FILES.values(), (train_count, test_count)):
-        _write_idx(tmp_path / f"{images_name}{suffix}", 2051, rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), gz)
-        _write_idx(tmp_path / f"{labels_name}{suffix}", 2049,
-                   rng.integers(0, 10, (label_count or count,), dtype=np.uint8), gz)
-    return rng
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, (label_count or count,), dtype=np.uint8)
+        _write_idx(tmp_path / f"{images_name}{suffix}", 2051, images, gz)
+        _write_idx(tmp_path / f"{labels_name}{suffix}", 2049, labels, gz)
+        written.append((images, labels))
+    return written
+
+
+def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """Rows of weights that resample size_in samples to size_out, pixel centres aligned (torch's
+    align_corners=False): output i reads input (i + 0.5) * size_in / size_out - 0.5, clamped."""
+    matrix = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        source = min(max((i + 0.5) * size_in / size_out - 0.5, 0.0), size_in - 1)
+        low = int(np.floor(source))
+        high = min(low + 1, size_in - 1)
+        matrix[i, low] += 1 - (source - low)
+        matrix[i, high] += source - low
+    return matrix
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
 @pytest.mark.parametrize("resize", ["pad", "bilinear"])
 def test_mnist_idx_files_load_as_32x32(tmp_path, gz, resize):
-    _fake_mnist(tmp_path, gz)
-    train, test = data.load_mnist(tmp_path, resize=resize)
-    assert train.images.shape == (7, 1, 32, 32) and test.images.shape == (3, 1, 32, 32)
-    raw = data.read_idx_images(tmp_path / f"train-images-idx3-ubyte{'.gz' if gz else ''}")
-    expected = (torch.from_numpy(raw[0].astype(np.float32)) / 255 - data.MNIST_MEAN) / data.MNIST_STD
-    if resize == "pad":
-        assert torch.allclose(train.images[0, 0, 2:30, 2:30], expected)
-        assert torch.allclose(train.images[0, 0, 0], torch.full((32,), -data.MNIST_MEAN / data.MNIST_STD))
-    assert train.labels.dtype == torch.int64 and int(train.labels.max()) <= 9
+    written = _fake_mnist(tmp_path, gz)
+    loaded = data.load_mnist(tmp_path, resize=resize)
+    for split, (images, labels), count in zip(loaded, written, (7, 3)):
+        assert split.images.shape == (count, 1, 32, 32) and split.images.dtype == torch.float32
+        assert split.labels.dtype == torch.int64 and torch.equal(split.labels, torch.from_numpy(labels).long())
+        scaled = images.astype(np.float64) / 255
+        if resize == "pad":
+            framed = np.zeros((count, 32, 32))
+            framed[:, 2:30, 2:30] = scaled
+        else:
+            resample = _bilinear_matrix(28, 32)
+            framed = resample @ scaled @ resample.T
+        expected = torch.from_numpy((framed - data.MNIST_MEAN) / data.MNIST_STD).float()
+        torch.testing.assert_close(split.images[:, 0], expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("problem, message", [

@@ -5,6 +5,7 @@ export + parity at several batch sizes and opsets; a tampered file fails and nam
 CLI's exit codes and messages.
 """
 
+import copy
 import json
 
 import numpy as np
@@ -19,6 +20,7 @@ from export import parity
 from export.__main__ import main as export_main
 from lenet_triton import LeNet, ops
 from lenet_triton.testing import assert_close
+from conftest import DEVICE
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +76,23 @@ OP_SWEEP = [
 @pytest.mark.parametrize("fn, input_shape, param_shapes", [c[2:0:-1] + (c[3],) for c in OP_SWEEP],
                          ids=[c[0] for c in OP_SWEEP])
 def test_each_op_translation_matches_the_triton_kernel(fn, input_shape, param_shapes):
-    module = _Op(fn, *[torch.randn(shape) * 0.5 for shape in param_shapes]).eval()
+    """The kernels run on the test device (cuda where there is one); the export traces a CPU copy
+    (no kernel runs in a trace) and onnxruntime gets CPU arrays."""
+    module = _Op(fn, *[torch.randn(shape, device=DEVICE) * 0.5 for shape in param_shapes]).eval()
+
+    def run_kernels(x):
+        outputs = module(x.to(DEVICE))
+        return tuple(out.cpu() for out in (outputs if isinstance(outputs, tuple) else (outputs,)))
+
     x = torch.randn(input_shape)
-    expected = module(x)
-    expected = expected if isinstance(expected, tuple) else (expected,)
-    program = onnx_export.onnx_program(module, x, output_names=[f"out{i}" for i in range(len(expected))])
+    outputs = len(run_kernels(x))
+    program = onnx_export.onnx_program(copy.deepcopy(module).cpu(), x, output_names=[f"out{i}" for i in range(outputs)])
     onnx_export.check(program.model_proto)
     assert {n.domain for n in program.model_proto.graph.node} <= {""}, "only the standard ONNX domain"
     session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
     for batch in (1, input_shape[0] + 2):
         x = torch.randn(batch, *input_shape[1:])
-        expected = module(x)
-        expected = expected if isinstance(expected, tuple) else (expected,)
+        expected = run_kernels(x)
         got = session.run(None, {"image": x.numpy()})
         for i, (g, e) in enumerate(zip(got, expected)):
             if e.dtype == torch.int64:
@@ -232,14 +239,23 @@ def test_cli_parity_failure_exits_1_and_names_the_layer(exported, checkpoint, tm
     assert {c["first_diverging_layer"] for c in json.loads(report_path.read_text())["cases"]} == {"conv2"}
 
 
-def test_cuda_provider_runs_where_onnxruntime_has_it_and_is_refused_by_name_where_not(exported, checkpoint, capsys):
-    argv = ["parity", str(exported), "--checkpoint", str(checkpoint), "--batch-sizes", "2", "--provider", "cuda"]
-    code = export_main(argv)
+ORT_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(not ORT_CUDA, reason="needs CUDA (onnxruntime's CUDAExecutionProvider)")
+def test_cuda_provider_runs_parity(exported, checkpoint, capsys):
+    code = export_main(["parity", str(exported), "--checkpoint", str(checkpoint), "--batch-sizes", "2",
+                        "--provider", "cuda"])
     captured = capsys.readouterr()
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        assert code == 0 and "onnxruntime (CUDAExecutionProvider)" in captured.out, captured.out + captured.err
-    else:
-        assert code == 2 and "--provider cuda: this onnxruntime has no CUDAExecutionProvider" in captured.err
+    assert code == 0 and "onnxruntime (CUDAExecutionProvider)" in captured.out, captured.out + captured.err
+
+
+@pytest.mark.torch_only
+@pytest.mark.skipif(ORT_CUDA, reason="this onnxruntime has a CUDAExecutionProvider")
+def test_cuda_provider_is_refused_by_name_where_onnxruntime_lacks_it(exported, checkpoint, capsys):
+    code = export_main(["parity", str(exported), "--checkpoint", str(checkpoint), "--batch-sizes", "2",
+                        "--provider", "cuda"])
+    assert code == 2 and "--provider cuda: this onnxruntime has no CUDAExecutionProvider" in capsys.readouterr().err
 
 
 @pytest.mark.torch_only

@@ -1,10 +1,14 @@
 """`make setup` installs requirements-lock.txt (two groups side by side, without resolving): the
 lock must hold every pin of requirements.txt, each package once, and the line that splits it."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import triton
 
 ROOT = Path(__file__).resolve().parents[1]
 # The Makefile's LOCK_SPLIT: the line that starts the second group.
@@ -40,3 +44,19 @@ def test_the_lock_holds_every_pin_of_requirements_txt_once():
 
 def test_the_makefile_splits_the_lock_where_the_lock_says():
     assert f"LOCK_SPLIT := ^\\{SPLIT}" in (ROOT / "Makefile").read_text()
+
+
+def test_each_stage_refuses_a_triton_other_than_its_pin():
+    """tests/conftest.py stops a stage whose venv holds another triton than the Makefile said."""
+    env = dict(os.environ, LENET_TRITON_EXPECTED_TRITON="0.0.1")
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "tests/test_setup.py"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert f"this stage expects triton 0.0.1 (LENET_TRITON_EXPECTED_TRITON, set by the Makefile), but imported " \
+           f"triton {triton.__version__}" in done.stderr, done.stderr
+    makefile = (ROOT / "Makefile").read_text()
+    for stage, python in (("test-triton39-kernels", "$(PYTEST39)"), ("test-torch-only", "$(PYTEST39)"),
+                          ("test-triton36", "$(PYTEST36)")):
+        assert re.search(rf"^{stage}:.*\n\t{re.escape(python)} tests", makefile, re.M), stage
+    assert "PYTEST36 := LENET_TRITON_EXPECTED_TRITON=$(TRITON36) $(PY36) -m pytest" in makefile
+    assert "TRITON36 := $(shell sed -n 's/^triton==//p' requirements-triton36.txt)" in makefile

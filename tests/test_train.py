@@ -48,26 +48,56 @@ def test_backends_give_the_same_losses_step_by_step(optimizer):
         torch.testing.assert_close(values, losses["torch"], atol=LOSS_ATOL, rtol=LOSS_RTOL, msg=name)
 
 
+@pytest.mark.torch_only
+def test_evaluate_counts_what_argmax_says():
+    """evaluate's loss, accuracy and per-class accuracy against a direct count over the whole split,
+    with one class absent (its accuracy is None)."""
+    train_split, test_split = _small_digits(SHORT_RUN_IMAGES)
+    keep = test_split.labels != 9
+    split = data.Split(test_split.images[keep], test_split.labels[keep])
+    model = LeNet(backend="torch")
+    optimizer = train.make_optimizer("adam", model.parameters(), lr=2e-3, momentum=0)
+    for images, labels in train.batches(train_split, 16):   # a model that tells some digits apart
+        train.train_step(model, optimizer, images, labels)
+    loss, accuracy, per_class = train.evaluate(model, split, "cpu")
+    with torch.no_grad():
+        logits = model(split.images)
+    predicted = logits.argmax(1)
+    assert len(predicted.unique()) > 1, "a model that predicts one class checks little"
+    assert accuracy == (predicted == split.labels).sum().item() / len(split)
+    for index, name in enumerate(split.classes):
+        members = split.labels == index
+        expected = (predicted[members] == index).sum().item() / members.sum().item() if members.any() else None
+        assert per_class[name] == expected, name
+    assert per_class[split.classes[9]] is None
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, split.labels).item(), rel=1e-6)
+
+
 def _small_digits(count=96):
     train_split, test_split = data.load_digits()
     return (data.Split(train_split.images[:count], train_split.labels[:count]),
             data.Split(test_split.images[:count // 2], test_split.labels[:count // 2]))
 
 
+# A short run that must learn: 192 training images in batches of 15 (a smaller last batch each
+# epoch), two epochs. The torch backend reaches 68% on the 96 test images this way (chance: 10%).
+SHORT_RUN_IMAGES, SHORT_RUN_ARGS = 192, ["--epochs", "2", "--batch-size", "15"]
+SHORT_RUN_ACCURACY_FLOOR = 0.5
+
+
 @pytest.mark.parametrize("options", [[], ["--backend", "fused", "--fused-step"]], ids=["default", "fused-step"])
 def test_train_writes_checkpoint_metrics_and_curves(tmp_path, monkeypatch, capsys, options):
-    monkeypatch.setattr(data, "load", lambda name, data_dir=None: _small_digits())
-    # 96 images in batches of 40: a smaller last batch each epoch.
-    args = train.build_parser().parse_args(["--epochs", "2", "--batch-size", "40", "--out-dir", str(tmp_path),
-                                            *options])
+    monkeypatch.setattr(data, "load", lambda name, data_dir=None: _small_digits(SHORT_RUN_IMAGES))
+    args = train.build_parser().parse_args([*SHORT_RUN_ARGS, "--out-dir", str(tmp_path), *options])
     metrics = train.train(args)
+    assert metrics["final_test_accuracy"] >= SHORT_RUN_ACCURACY_FLOOR, metrics["epochs"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.json", "resume.pt"]
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written == json.loads(json.dumps(metrics))
     assert [e["epoch"] for e in written["epochs"]] == [1, 2]
     for epoch in written["epochs"]:
         assert set(epoch) == {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds"}
-        assert 0 <= epoch["test_accuracy"] <= 1 and epoch["seconds"] > 0
+        assert epoch["seconds"] > 0
     assert written["backend"] == (options[1] if options else "triton")
     assert written["fused_step"] == ("--fused-step" in options) and {"torch", "triton", "lenet_triton"} <= set(written["versions"])
     reached = train.time_to_target(written["epochs"]) or (None, None)
