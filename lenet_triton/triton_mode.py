@@ -17,8 +17,10 @@ identity. Anywhere else a mismatch between the helpers and the switch is refused
 rather than deep inside a kernel.
 """
 
+import dataclasses
 import os
 import sys
+import types
 
 import torch
 
@@ -36,12 +38,12 @@ def select() -> None:
 
     if triton.knobs.runtime.interpret:
         compiled = _triton_helpers(JITFunction)
-        if not compiled:
-            return
-        if torch.cuda.is_available():
-            raise ImportError(_late_switch_message(triton.__version__))
-        _rebuild_as_interpreted(compiled)
-        _check_rebuilt(triton.__version__)
+        if compiled:
+            if torch.cuda.is_available():
+                raise ImportError(_late_switch_message(triton.__version__))
+            _rebuild_as_interpreted(compiled)
+            _check_rebuilt(triton.__version__)
+        _adjust_interpreter(triton.__version__)
     else:
         interpreter = sys.modules.get("triton.runtime.interpreter")
         if interpreter is not None and _triton_helpers(interpreter.InterpretedFunction):
@@ -120,3 +122,124 @@ def _late_switch_message(version: str) -> str:
         "A CUDA device is present, so lenet_triton leaves triton as it is. Set TRITON_INTERPRET=1 "
         "before anything imports triton (in the shell: TRITON_INTERPRET=1 python ...), or unset it "
         "to run the kernels compiled on the GPU.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Two narrow adjustments of the interpreter's own overhead (bench/NOTES.md has what each saves)
+# ------------------------------------------------------------------------------------------------
+#
+# "patch-once": a launch patches triton.language for the interpreter (an inspect.getmembers scan of
+#   several hundred names), and so does every call of a nested @triton.jit function, without ever
+#   undoing it. Patching both language modules (tl and tl.core, all that the interpreter ever
+#   patches) at the launch makes the nested calls' patches no-ops, so they are skipped.
+# "no-overflow-checks": with sanitize_overflow on, every int32 + - * also computes an overflow check
+#   in int64 and hands it to device_assert, which drops it unless debug is on (it never is in the
+#   interpreter). The check is not computed.
+# Neither changes a value a kernel computes (tests/test_interpreter.py compares every path with and
+# without them, bit for bit). They rely on the interpreter's internals, so they are made only on the
+# triton versions they were checked on and proven by a probe kernel at import; the environment
+# variable turns them off ("none"), or keeps a subset ("patch-once" or "no-overflow-checks").
+
+ADJUSTMENTS_VARIABLE = "LENET_TRITON_INTERPRETER_ADJUSTMENTS"
+ADJUSTMENTS = ("patch-once", "no-overflow-checks")
+CHECKED_TRITON_VERSIONS = ("3.6.", "3.9.")
+
+_adjusted: tuple = ()
+
+
+def interpreter_adjustments() -> tuple:
+    """The adjustments in effect in this process (a subset of ADJUSTMENTS)."""
+    return _adjusted
+
+
+def _wanted_adjustments() -> tuple:
+    value = os.environ.get(ADJUSTMENTS_VARIABLE, "all").strip()
+    if value == "all":
+        return ADJUSTMENTS
+    if value in ("", "none"):
+        return ()
+    wanted = tuple(name.strip() for name in value.split(","))
+    unknown = [name for name in wanted if name not in ADJUSTMENTS]
+    if unknown:
+        raise ImportError(f"lenet_triton: {ADJUSTMENTS_VARIABLE}={value!r} names {unknown}; use 'all' (the "
+                          f"default), 'none', or a comma-separated subset of {list(ADJUSTMENTS)}")
+    return wanted
+
+
+def _adjust_interpreter(version: str) -> None:
+    wanted = _wanted_adjustments()
+    if not wanted or not version.startswith(CHECKED_TRITON_VERSIONS):
+        return
+    set_interpreter_adjustments(wanted)
+    from .kernels.probe import probe_adjustments
+
+    try:
+        problem = probe_adjustments()
+    except Exception as error:  # what a broken adjustment raises is up to triton
+        problem = f"the probe kernel failed: {error!r}"
+    if problem is not None:
+        set_interpreter_adjustments(())
+        raise ImportError(
+            f"lenet_triton: the interpreter adjustments {list(wanted)} do not work on triton {version} "
+            f"({problem}). Set {ADJUSTMENTS_VARIABLE}=none to run triton's interpreter as it is.")
+
+
+def set_interpreter_adjustments(names) -> None:
+    """Makes exactly `names` (a subset of ADJUSTMENTS) take effect; () restores the interpreter."""
+    global _adjusted
+    from triton.runtime import interpreter
+
+    names = tuple(names)
+    unknown = [name for name in names if name not in ADJUSTMENTS]
+    if unknown:
+        raise ValueError(f"unknown interpreter adjustments {unknown}; expected a subset of {list(ADJUSTMENTS)}")
+    if not hasattr(interpreter, "_stock_patch_lang"):
+        interpreter._stock_patch_lang = interpreter._patch_lang
+        interpreter._stock_options = interpreter.interpreter_builder.options
+    stock_options = interpreter._stock_options
+    interpreter._patch_lang = _patch_lang_once if "patch-once" in names else interpreter._stock_patch_lang
+    interpreter.interpreter_builder.options = (
+        dataclasses.replace(stock_options, sanitize_overflow=False)
+        if "no-overflow-checks" in names and not stock_options.debug else stock_options)
+    _adjusted = names
+
+
+class _LaunchPatch:
+    """The language patches of the launch in flight: {language module: scope}, undone together when
+    GridExecutor restores the launch's scope at its end."""
+    scopes = None
+
+
+def _patch_lang_once(fn):
+    """The interpreter's _patch_lang, made at most once per language module and launch: a nested call
+    patches only a module that no call of this launch has patched yet (a triton helper's tl.core, say)."""
+    from triton.runtime import interpreter
+
+    import triton.language as tl
+
+    wanted = [value for value in fn.__globals__.values() if isinstance(value, types.ModuleType) and value in (tl, tl.core)]
+    if _LaunchPatch.scopes is None:
+        scope = interpreter._stock_patch_lang(fn)
+        _LaunchPatch.scopes = dict.fromkeys(wanted, scope)
+        stock_restore = scope.restore
+
+        def restore():
+            nested = [patch for patch in _LaunchPatch.scopes.values() if patch is not scope]
+            _LaunchPatch.scopes = None
+            for patch in reversed(nested):
+                patch.restore()
+            stock_restore()
+
+        scope.restore = restore
+        return scope
+    missing = [lang for lang in wanted if lang not in _LaunchPatch.scopes]
+    if missing:
+        patch = interpreter._stock_patch_lang(_function_seeing(*missing))
+        _LaunchPatch.scopes.update(dict.fromkeys(missing, patch))
+    return None  # a nested call ignores what _patch_lang returns
+
+
+def _function_seeing(*modules):
+    """A function whose globals hold exactly `modules`: the interpreter patches the language modules
+    it finds in a function's globals."""
+    return types.FunctionType((lambda: None).__code__, {f"module{i}": module for i, module in enumerate(modules)})

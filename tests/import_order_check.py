@@ -91,4 +91,5 @@ def run_checks(order):
 if __name__ == "__main__":
     run_checks(sys.argv[1])
     print("rebuilt", triton_mode.rebuilt_triton_helpers())
+    print("adjusted", ",".join(triton_mode.interpreter_adjustments()) or "none")
     print("ok", sys.argv[1])

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from import_order_check import PRELUDES
+from lenet_triton import triton_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
@@ -56,6 +57,9 @@ def test_every_import_order_computes_what_torch_does(order, import_order_runs):
     # Only the interpreter case touches triton's state, and only when triton came first.
     rebuilt = not CUDA and order != "lenet_triton first"
     assert f"rebuilt {rebuilt}" in done.stdout, done.stdout[-2000:]
+    # The interpreter's adjustments (triton_mode) hold after every order; with CUDA nothing is touched.
+    adjusted = "none" if CUDA else ",".join(triton_mode.ADJUSTMENTS)
+    assert f"adjusted {adjusted}" in done.stdout, done.stdout[-2000:]
 
 
 def test_late_switch_with_cuda_present_is_refused_at_import():
