@@ -2,8 +2,8 @@
 the tests written to catch it red.
 
 On a CPU the launchers pick the interpreter's plan (few, large programs), so a kernel that ignores
-its program id or a plan that picks the wrong offset width passes every test that runs that plan
-alone. Each case copies lenet_triton/ and tests/ to a scratch folder, plants one bug by editing the
+its program id passes every test that runs that plan alone, and a wrong offset width shows only
+past 2**31 elements. Each case copies lenet_triton/ and tests/ to a scratch folder, plants one bug by editing the
 source there, and runs the tests that must catch it in a new process, from that folder; every one
 of them must fail.
 """
@@ -40,12 +40,12 @@ BUGS = {
         ("test_linear_crosses_row_column_and_reduction_boundaries", "test_linear_weight_gradient_with_split_k",
          "test_odd_cases[gpu-plan-x_shape=(2, 3, 7, 11),", "test_odd_cases[gpu-plan-x_shape=(31, 17),")),
     "both pool kernels ignore program_id": Bug(
-        "lenet_triton/kernels/pool.py", "offs = tl.program_id(0).to(IDX) * BLOCK", "offs = 0 * tl.program_id(0).to(IDX) * BLOCK",
-        2, ("tests/test_gpu_launch_plan.py", "tests/test_pool.py::test_arguments"), "(pool or arguments) and not interpreter",
+        "lenet_triton/kernels/pool.py", " = tl.program_id(", " = 0 * tl.program_id(", 2,
+        ("tests/test_gpu_launch_plan.py", "tests/test_pool.py::test_arguments"), "(pool or arguments) and not interpreter",
         ("test_max_pool2d_forward_and_backward_take_several_programs", "test_arguments[gpu-plan-")),
     "index_dtype always returns int32": Bug(
         "lenet_triton/kernels/config.py",
-        "return tl.int64 if _largest_offset(tensors, extra) > INT32_LIMIT else tl.int32", "return tl.int32", 1,
+        "return tl.int64 if largest > INT32_LIMIT else tl.int32", "return tl.int32", 1,
         ("tests/test_gpu_launch_plan.py", "tests/test_large_index.py"), "index or large_index",
         ("test_index_dtype_is_int32_where_offsets_fit_and_int64_where_they_do_not", "test_conv2d",
          "test_max_pool2d", "test_linear")),
