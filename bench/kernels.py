@@ -126,9 +126,10 @@ def launch_cost(record) -> tuple[int, int]:
     if name == "conv2d_forward_kernel":
         return _conv_flops(a, grid[2]), sum(_size(a[t]) for t in ("x_ptr", "w_ptr", "y_ptr")) \
             + (_size(a["b_ptr"]) if c["HAS_BIAS"] else 0)
+    if name == "relu_grad_kernel":
+        return a["PLANES"] * a["POSITIONS"], sum(_size(a[t]) for t in ("g_ptr", "y_ptr", "out_ptr"))
     if name == "conv2d_grad_input_kernel":
-        return _conv_flops(a, grid[2]), sum(_size(a[t]) for t in ("g_ptr", "w_ptr", "dx_ptr")) \
-            + (_size(a["y_ptr"]) if c["GATE_RELU"] else 0)
+        return _conv_flops(a, grid[2]), sum(_size(a[t]) for t in ("g_ptr", "w_ptr", "dx_ptr"))
     if name == "conv2d_grad_weight_kernel":
         return _conv_flops(a, grid[2]), sum(_size(a[t]) for t in ("g_ptr", "x_ptr", "dw_ptr")) \
             + (_size(a["y_ptr"]) if c["GATE_RELU"] else 0) + (_size(a["db_ptr"]) if c["HAS_BIAS"] else 0)
@@ -138,10 +139,10 @@ def launch_cost(record) -> tuple[int, int]:
         return 2 * m * n * k, item * (m * k * (2 if c["GATE_RELU"] else 1) + k * n) + _size(a["c_ptr"]) \
             + (n * item if c["HAS_BIAS"] else 0) + (_size(a["rowsum_ptr"]) if c["ROWSUM"] else 0)
     if name == "max_pool2d_forward_kernel":
-        outputs = a["N"] * a["C"] * a["OH"] * a["OW"]
+        outputs = a["PLANES"] * a["OH"] * a["OW"]
         return outputs * a["KH"] * a["KW"], _size(a["x_ptr"]) + _size(a["y_ptr"]) + _size(a["idx_ptr"])
     if name == "max_pool2d_backward_kernel":
-        return a["N"] * a["C"] * a["OH"] * a["OW"], sum(_size(a[t]) for t in ("g_ptr", "idx_ptr", "dx_ptr"))
+        return a["PLANES"] * a["OH"] * a["OW"], sum(_size(a[t]) for t in ("g_ptr", "idx_ptr", "dx_ptr"))
     if name == "sum_partials_kernel":
         return (a["SPLITS"] - 1) * a["NUMEL"], _size(a["partial_ptr"]) + a["NUMEL"] * a["out_ptr"]["itemsize"]
     if name in ("lenet_forward_kernel", "lenet_backward_kernel", "lenet_train_kernel"):

@@ -1,4 +1,5 @@
-"""conv2d as implicit GEMM: forward (+bias, +ReLU), grad-input, grad-weight with fused grad-bias.
+"""conv2d as implicit GEMM: forward (+bias, +ReLU), grad-input, grad-weight with fused grad-bias, and
+the fused ReLU's gradient gate.
 
 Every tensor is addressed through its own strides, so non-contiguous and channels_last tensors
 are read in place. Padding is given as (top, left); the bottom/right padding only shows up in the
@@ -15,6 +16,7 @@ Shared argument names:
                        float64 accumulator without it); DOT_PRECISION the tl.dot input precision.
 """
 
+import torch
 import triton
 import triton.language as tl
 
@@ -23,6 +25,13 @@ from .reduce import sum_partials
 
 # A coordinate that fails every bounds test; masks rows and taps past the end for free.
 OUTSIDE = tl.constexpr(-(1 << 29))
+
+
+@triton.jit
+def _inside(coordinate, size, IDX: tl.constexpr):
+    # 0 <= coordinate < size as one unsigned compare: a negative coordinate reads as a huge one.
+    UNSIGNED: tl.constexpr = tl.uint64 if IDX == tl.int64 else tl.uint32
+    return coordinate.to(UNSIGNED, bitcast=True) < size
 
 
 @triton.jit
@@ -62,11 +71,11 @@ def conv2d_forward_kernel(
     ow = rows % OW
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
-    # Rows past the end test as if their corner were far outside, so the bounds test masks them.
-    ih0_test = tl.where(row_ok, ih0, OUTSIDE)
     # The offset of x[n, i, ih, iw] splits into a row part and a reduction part, so the 2-D
     # pointer tile costs one broadcast add.
     x_rows = x_ptr + n * stride_xn + group * C_IN_G * stride_xc + ih0 * stride_xh + iw0 * stride_xw
+    # Rows past the end test as if their corner were far outside, so the bounds test masks them.
+    ih0_test = tl.where(row_ok, ih0, OUTSIDE)
     out_channel = group * C_OUT_G + cols
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -79,7 +88,7 @@ def conv2d_forward_kernel(
         kw = ks % KW
         ih = ih0_test[:, None] + tl.where(k_ok, kh * DH, OUTSIDE)[None, :]
         iw = iw0[:, None] + (kw * DW)[None, :]
-        x_mask = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_mask = _inside(ih, H, IDX) & _inside(iw, W, IDX)
         x_tile = tl.load(x_rows[:, None] + (i * stride_xc + kh * DH * stride_xh + kw * DW * stride_xw)[None, :],
                          mask=x_mask, other=0.0)
         w_offs = (out_channel * stride_wo)[None, :] + (i * stride_wi + kh * stride_wh + kw * stride_ww)[:, None]
@@ -96,15 +105,35 @@ def conv2d_forward_kernel(
 
 
 @triton.jit
+def relu_grad_kernel(
+    g_ptr, y_ptr, out_ptr,
+    PLANES, C, W, POSITIONS,
+    stride_gn, stride_gc, stride_gh, stride_gw,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    stride_on, stride_oc, stride_oh, stride_ow,
+    IDX: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    """out = g gated by a fused ReLU's output y, over tiles of BLOCK_P planes (n, c) by BLOCK_Q
+    positions (h, w) in a plane, whose offsets are computed apart and broadcast."""
+    planes = tl.program_id(0).to(IDX) * BLOCK_P + tl.arange(0, BLOCK_P).to(IDX)
+    qs = tl.program_id(1).to(IDX) * BLOCK_Q + tl.arange(0, BLOCK_Q).to(IDX)
+    mask = (planes < PLANES)[:, None] & (qs < POSITIONS)[None, :]
+    n, c, h, w = planes // C, planes % C, qs // W, qs % W
+    g = tl.load(g_ptr + (n * stride_gn + c * stride_gc)[:, None] + (h * stride_gh + w * stride_gw)[None, :], mask=mask)
+    y = tl.load(y_ptr + (n * stride_yn + c * stride_yc)[:, None] + (h * stride_yh + w * stride_yw)[None, :], mask=mask)
+    tl.store(out_ptr + (n * stride_on + c * stride_oc)[:, None] + (h * stride_oh + w * stride_ow)[None, :],
+             _relu_gate(g, y), mask=mask)
+
+
+@triton.jit
 def conv2d_grad_input_kernel(
-    g_ptr, y_ptr, w_ptr, dx_ptr,
+    g_ptr, w_ptr, dx_ptr,
     N, H, W, OH, OW, C_IN_G, C_OUT_G, KH, KW,
     SH, SW, PH, PW, DH, DW,
     stride_gn, stride_gc, stride_gh, stride_gw,
-    stride_yn, stride_yc, stride_yh, stride_yw,
     stride_wo, stride_wi, stride_wh, stride_ww,
     stride_dn, stride_dc, stride_dh, stride_dw,
-    GATE_RELU: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+    UNIT_STRIDE: tl.constexpr,
     IDX: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -112,8 +141,8 @@ def conv2d_grad_input_kernel(
 
     GEMM view: rows are input positions (n, ih, iw), columns are input channels, the reduction
     runs over (o, kh, kw). Only (kh, kw) with ih + PH - kh*DH a non-negative multiple of SH
-    (and the same for w) reach an output position; the rest are masked. With GATE_RELU, g is
-    the gradient of a fused ReLU's output y and is zeroed where y <= 0.
+    (and the same for w) reach an output position; the rest are masked. A fused ReLU's gate is
+    applied to g beforehand (relu_grad_kernel): each g element is read once per tap here.
     """
     group = tl.program_id(2).to(IDX)
     rows = tl.program_id(0).to(IDX) * BLOCK_M + tl.arange(0, BLOCK_M).to(IDX)
@@ -134,7 +163,6 @@ def conv2d_grad_input_kernel(
     # With unit stride the offsets split into a row part and a reduction part (one broadcast add
     # per pointer tile): g[n, o, oh, ow] sits at g_rows[m] + g_cols[k].
     g_rows = g_ptr + n * stride_gn + (ih + PH) * stride_gh + ow_base * stride_gw
-    y_rows = y_ptr + n * stride_yn + (ih + PH) * stride_yh + ow_base * stride_yw
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
@@ -146,13 +174,9 @@ def conv2d_grad_input_kernel(
         oh_scaled = oh_base[:, None] - tl.where(k_ok, kh * DH, -OUTSIDE)[None, :]
         ow_scaled = ow_base[:, None] - (kw * DW)[None, :]
         if UNIT_STRIDE:
-            hit = (oh_scaled >= 0) & (oh_scaled < OH) & (ow_scaled >= 0) & (ow_scaled < OW)
+            hit = _inside(oh_scaled, OH, IDX) & _inside(ow_scaled, OW, IDX)
             g_tile = tl.load(g_rows[:, None] + (o * stride_gc - kh * DH * stride_gh - kw * DW * stride_gw)[None, :],
                              mask=hit, other=0.0)
-            if GATE_RELU:
-                y_tile = tl.load(y_rows[:, None] + (o * stride_yc - kh * DH * stride_yh - kw * DW * stride_yw)[None, :],
-                                 mask=hit, other=0.0)
-                g_tile = _relu_gate(g_tile, y_tile)
         else:
             oh = oh_scaled // SH
             ow = ow_scaled // SW
@@ -160,10 +184,6 @@ def conv2d_grad_input_kernel(
             hit = hit & (oh < OH) & (ow < OW)
             g_tile = tl.load(g_ptr + (n * stride_gn)[:, None] + (o * stride_gc)[None, :] + oh * stride_gh
                              + ow * stride_gw, mask=hit, other=0.0)
-            if GATE_RELU:
-                y_tile = tl.load(y_ptr + (n * stride_yn)[:, None] + (o * stride_yc)[None, :] + oh * stride_yh
-                                 + ow * stride_yw, mask=hit, other=0.0)
-                g_tile = _relu_gate(g_tile, y_tile)
         w_offs = (o * stride_wo + kh * stride_wh + kw * stride_ww)[:, None] + (cols * stride_wi)[None, :]
         w_tile = tl.load(w_ptr + w_offs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc = tl.dot(g_tile, w_tile, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
@@ -230,7 +250,7 @@ def conv2d_grad_weight_kernel(
             g_tile = _relu_gate(g_tile, y_tile)
         ih = (oh * SH - PH)[:, None] + (kh * DH)[None, :]
         iw = (ow * SW - PW)[:, None] + (kw * DW)[None, :]
-        x_mask = r_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_mask = r_ok[:, None] & col_ok[None, :] & _inside(ih, H, IDX) & _inside(iw, W, IDX)
         x_tile = tl.load(x_ptr + (n * stride_xn)[:, None] + (i * stride_xc)[None, :] + ih * stride_xh + iw * stride_xw,
                          mask=x_mask, other=0.0)
         acc = tl.dot(g_tile, x_tile, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
@@ -272,20 +292,34 @@ def conv2d_forward(x, weight, bias, y, stride, pads, dilation, groups, apply_rel
     )
 
 
+def _relu_grad(grad_y, y):
+    """grad_y gated by y, the output of a fused ReLU, in a new tensor laid out as y."""
+    out = torch.empty_like(y)
+    n, c, h, w = out.shape
+    block_p, block_q = config.plane_tile(n * c, h * w)
+    relu_grad_kernel[(config.cdiv(n * c, block_p), config.cdiv(h * w, block_q))](
+        grad_y, y, out, n * c, c, w, h * w, *grad_y.stride(), *y.stride(), *out.stride(),
+        IDX=config.index_dtype(grad_y, y, out), BLOCK_P=block_p, BLOCK_Q=block_q, **config.LAUNCH_OPTIONS["conv"],
+    )
+    return out
+
+
 def conv2d_grad_input(grad_y, y, weight, dx, stride, pads, dilation, groups, gate_relu):
     """Writes the gradient of conv2d with respect to its input into dx (shape of the input).
 
-    y is the forward output, read only when gate_relu (the forward fused a ReLU).
+    y is the forward output, read only when gate_relu (the forward fused a ReLU): the gate then runs
+    first, in a launch of its own, since the input gradient reads each output gradient once per tap.
     """
-    y = y if gate_relu else grad_y
+    if gate_relu:
+        grad_y = _relu_grad(grad_y, y)
     geometry = _geometry(dx, weight, grad_y, stride, pads, dilation, groups)
     rows, cols, red = dx.shape[0] * dx.shape[2] * dx.shape[3], geometry[5], geometry[6] * geometry[7] * geometry[8]
     bm, bn, bk = config.gemm_tile(rows, cols, red)
     grid = (config.cdiv(rows, bm), config.cdiv(cols, bn), groups)
     conv2d_grad_input_kernel[grid](
-        grad_y, y, weight, dx, *geometry,
-        *grad_y.stride(), *y.stride(), *weight.stride(), *dx.stride(),
-        GATE_RELU=gate_relu, UNIT_STRIDE=tuple(stride) == (1, 1), **_dtypes(grad_y, y, weight, dx, extra=rows),
+        grad_y, weight, dx, *geometry,
+        *grad_y.stride(), *weight.stride(), *dx.stride(),
+        UNIT_STRIDE=tuple(stride) == (1, 1), **_dtypes(grad_y, weight, dx, extra=rows),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **config.LAUNCH_OPTIONS["conv"],
     )
 
