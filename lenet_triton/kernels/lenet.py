@@ -42,7 +42,6 @@ Shared arguments:
     BLOCK_R1/R2       rows (sample x pooled position) per conv1 / conv2 GEMM chunk.
     BLOCK_K1          reduction chunk of conv1 and its weight gradient ((c, kh, kw): C_IN*25).
     BLOCK_K2          reduction chunk of conv2 and its weight gradient ((i, kh, kw): 150).
-    BLOCK_KD          reduction chunk of conv2's input gradient ((o, kh, kw): 400).
     FC_BK, FC_BN      reduction and output chunks of the fc GEMMs.
     TOTAL             elements of a partial row (every parameter's gradient).
     GRAD_STRIDE       elements per sample of the gradient scratch (GRAD_SCRATCH_FIXED + NC).
@@ -360,12 +359,12 @@ def _conv2_backward(act_ptr, win_ptr, grad_ptr, partial_ptr, batch, W_AT: tl.con
 @triton.jit(noinline=True)
 def _conv1_backward(x_ptr, w2_ptr, act_ptr, win_ptr, grad_ptr, partial_ptr, batch, W_AT: tl.constexpr,
                     B_AT: tl.constexpr, TOTAL: tl.constexpr, GRAD_STRIDE: tl.constexpr, C_IN: tl.constexpr,
-                    SAMPLES: tl.constexpr, BLOCK_R1: tl.constexpr, BLOCK_K1: tl.constexpr, BLOCK_KD: tl.constexpr,
+                    SAMPLES: tl.constexpr, BLOCK_R1: tl.constexpr, BLOCK_K1: tl.constexpr,
                     ACC: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """dpool1 = conv2's input gradient from the dense dconv2 (rows (sample, position in 14x14),
-    columns the 6 channels, reduction (o, kh, kw) = 400), through pool1's ReLU, into the scratch;
-    then conv1's weight gradient, chunk by chunk of its reduction, and its bias gradient, into the
-    program's partial row."""
+    columns the 6 channels, reduction over (kh, kw) taps of the 16 conv2 channels each), through
+    pool1's ReLU, into the scratch; then conv1's weight gradient, chunk by chunk of its reduction,
+    and its bias gradient, into the program's partial row."""
     first, n_valid = _tile(batch, SAMPLES)
     x_tile, grad_tile = x_ptr + first * (C_IN * 1024), grad_ptr + first * GRAD_STRIDE
     act_tile, win_tile = act_ptr + first * ACT_STRIDE, win_ptr + first * WIN_STRIDE
@@ -379,16 +378,16 @@ def _conv1_backward(x_ptr, w2_ptr, act_ptr, win_ptr, grad_ptr, partial_ptr, batc
         y, x = p // 14, p % 14
         row_ok = (rows < SAMPLES * 196) & (s < n_valid)
         dconv_at = s * GRAD_STRIDE + DCONV2_AT + y * 10 + x
+        outs = tl.arange(0, 16)  # conv2's output channels
         dpool1 = tl.zeros((BLOCK_R1, 16), ACC)
-        for k0 in range(0, 400, BLOCK_KD):
-            ks = k0 + tl.arange(0, BLOCK_KD)
-            k_ok = ks < 400
-            o, kh, kw = ks // 25, (ks % 25) // 5, ks % 5
-            cy, cx = y[:, None] - kh[None, :], x[:, None] - kw[None, :]
-            inside = row_ok[:, None] & k_ok[None, :] & (cy >= 0) & (cy < 10) & (cx >= 0) & (cx < 10)
-            dconv = tl.load(grad_tile + dconv_at[:, None] + (o * 100 - kh * 10 - kw)[None, :], mask=inside, other=0.0)
-            w = tl.load(w2_ptr + (o * 150 + kh * 5 + kw)[:, None] + cols[None, :] * 25,
-                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        # One tap of conv2's kernel per step, all 16 of its channels at once: whether the tap reaches
+        # a dconv2 position depends on the row alone, so the masks and offsets stay row vectors.
+        for tap in range(0, 25):
+            kh, kw = tap // 5, tap % 5
+            inside = row_ok & (y >= kh) & (y < kh + 10) & (x >= kw) & (x < kw + 10)
+            dconv = tl.load(grad_tile + (dconv_at - (kh * 10 + kw))[:, None] + outs[None, :] * 100,
+                            mask=inside[:, None], other=0.0)
+            w = tl.load(w2_ptr + outs[:, None] * 150 + cols[None, :] * 25 + tap, mask=col_ok[None, :], other=0.0)
             dpool1 = tl.dot(dconv.to(w.dtype), w, dpool1, input_precision=DOT_PRECISION, out_dtype=ACC)
         mask = row_ok[:, None] & col_ok[None, :]
         pool1 = tl.load(act_tile + (s * ACT_STRIDE + POOL1_AT + p)[:, None] + cols[None, :] * 196, mask=mask,
@@ -458,7 +457,7 @@ def _backward_stages(x_ptr, parameters, dout_ptr, act_ptr, win_ptr, grad_ptr, pa
                      DOUT_STRIDE: tl.constexpr, DOUT_AT: tl.constexpr, offsets: tl.constexpr,
                      TOTAL: tl.constexpr, GRAD_STRIDE: tl.constexpr, C_IN: tl.constexpr, NC: tl.constexpr,
                      SAMPLES: tl.constexpr, FC_ROWS: tl.constexpr, BLOCK_R1: tl.constexpr, BLOCK_K1: tl.constexpr,
-                     BLOCK_R2: tl.constexpr, BLOCK_K2: tl.constexpr, BLOCK_KD: tl.constexpr, FC_BK: tl.constexpr,
+                     BLOCK_R2: tl.constexpr, BLOCK_K2: tl.constexpr, FC_BK: tl.constexpr,
                      FC_BN: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Every parameter gradient of the program's tile, into its partial row, from the logits' gradient
     at dout_ptr (row stride DOUT_STRIDE, from column DOUT_AT)."""
@@ -478,7 +477,7 @@ def _backward_stages(x_ptr, parameters, dout_ptr, act_ptr, win_ptr, grad_ptr, pa
                     SAMPLES, BLOCK_R2, BLOCK_K2, ACC, DOT_PRECISION)
     tl.debug_barrier()
     _conv1_backward(x_ptr, parameters[2], act_ptr, win_ptr, grad_ptr, partial_ptr, batch, offsets[0], offsets[1],
-                    TOTAL, GRAD_STRIDE, C_IN, SAMPLES, BLOCK_R1, BLOCK_K1, BLOCK_KD, ACC, DOT_PRECISION)
+                    TOTAL, GRAD_STRIDE, C_IN, SAMPLES, BLOCK_R1, BLOCK_K1, ACC, DOT_PRECISION)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,12 +501,12 @@ def lenet_backward_kernel(x_ptr, parameters, dlogits_ptr, act_ptr, win_ptr, grad
                           offsets: tl.constexpr, TOTAL: tl.constexpr, GRAD_STRIDE: tl.constexpr,
                           C_IN: tl.constexpr, NC: tl.constexpr, SAMPLES: tl.constexpr, FC_ROWS: tl.constexpr,
                           BLOCK_R1: tl.constexpr, BLOCK_K1: tl.constexpr, BLOCK_R2: tl.constexpr,
-                          BLOCK_K2: tl.constexpr, BLOCK_KD: tl.constexpr, FC_BK: tl.constexpr, FC_BN: tl.constexpr,
+                          BLOCK_K2: tl.constexpr, FC_BK: tl.constexpr, FC_BN: tl.constexpr,
                           ACC: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Per-program partial parameter gradients (one row of TOTAL per program) from dlogits (batch, NC)
     and the forward's act/win; grad is a gradient scratch of batch rows."""
     _backward_stages(x_ptr, parameters, dlogits_ptr, act_ptr, win_ptr, grad_ptr, partial_ptr, batch, NC, 0, offsets,
-                     TOTAL, GRAD_STRIDE, C_IN, NC, SAMPLES, FC_ROWS, BLOCK_R1, BLOCK_K1, BLOCK_R2, BLOCK_K2, BLOCK_KD,
+                     TOTAL, GRAD_STRIDE, C_IN, NC, SAMPLES, FC_ROWS, BLOCK_R1, BLOCK_K1, BLOCK_R2, BLOCK_K2,
                      FC_BK, FC_BN, ACC, DOT_PRECISION)
 
 
@@ -516,7 +515,7 @@ def lenet_train_kernel(x_ptr, labels_ptr, parameters, steps, act_ptr, win_ptr, g
                        batch, inv_batch, offsets: tl.constexpr, TOTAL: tl.constexpr, GRAD_STRIDE: tl.constexpr,
                        INCREMENT_STEPS: tl.constexpr, C_IN: tl.constexpr, NC: tl.constexpr, SAMPLES: tl.constexpr,
                        FC_ROWS: tl.constexpr, BLOCK_R1: tl.constexpr, BLOCK_K1: tl.constexpr,
-                       BLOCK_R2: tl.constexpr, BLOCK_K2: tl.constexpr, BLOCK_KD: tl.constexpr, FC_BK: tl.constexpr,
+                       BLOCK_R2: tl.constexpr, BLOCK_K2: tl.constexpr, FC_BK: tl.constexpr,
                        FC_BN: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Forward, mean cross-entropy and backward of the program's tile, every intermediate in act/win/grad
     (batch rows): a partial gradient row and a partial loss sum per program. With INCREMENT_STEPS,
@@ -534,25 +533,26 @@ def lenet_train_kernel(x_ptr, labels_ptr, parameters, steps, act_ptr, win_ptr, g
     tl.debug_barrier()
     _backward_stages(x_ptr, parameters, grad_ptr, act_ptr, win_ptr, grad_ptr, partial_ptr, batch, GRAD_STRIDE,
                      DLOGITS_AT, offsets, TOTAL, GRAD_STRIDE, C_IN, NC, SAMPLES, FC_ROWS, BLOCK_R1, BLOCK_K1, BLOCK_R2,
-                     BLOCK_K2, BLOCK_KD, FC_BK, FC_BN, ACC, DOT_PRECISION)
+                     BLOCK_K2, FC_BK, FC_BN, ACC, DOT_PRECISION)
 
 
 @triton.jit
 def lenet_reduce_kernel(partial_ptr, programs, loss_partial_ptr, loss_ptr, inv_batch, grads, parameters, state1, state2,
                         steps, hyper_ptr, sizes: tl.constexpr, offsets: tl.constexpr, TOTAL: tl.constexpr,
                         UPDATE: tl.constexpr, MOMENTUM: tl.constexpr, HAS_LOSS: tl.constexpr, ACC: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        BLOCKS: tl.constexpr, LOSS_BLOCK: tl.constexpr):
     """Sums the partial rows, in program order, into each parameter's gradient: program (b, i) owns
-    elements [b * BLOCK, (b + 1) * BLOCK) of parameter i. UPDATE "none" stores the gradient in
+    elements [b * BLOCKS[i], (b + 1) * BLOCKS[i]) of parameter i. UPDATE "none" stores the gradient in
     grads[i]; "sgd" and "adam" apply torch.optim's update to parameters[i] in place instead, with
     state1/state2 = momentum_buffer / (exp_avg, exp_avg_sq) and steps the Adam step counts, and
     the hyperparameters in row i of hyper (see SGD_FIELDS, ADAM_FIELDS). MOMENTUM[i] is 0 for no
     momentum buffer, 1 to update it, 2 to start it (torch's first step copies the gradient).
     HAS_LOSS: program (0, 0) also writes the mean loss from the per-program loss sums."""
     block, seg = tl.program_id(0), tl.program_id(1)
-    offs = block * BLOCK + tl.arange(0, BLOCK)
     for i in tl.static_range(NUM_PARAMS):
         if seg == i:
+            BLOCK: tl.constexpr = BLOCKS[i]
+            offs = block * BLOCK + tl.arange(0, BLOCK)
             mask = offs < sizes[i]
             grad = tl.zeros((BLOCK,), ACC)
             for p in range(0, programs):
@@ -592,10 +592,10 @@ def lenet_reduce_kernel(partial_ptr, programs, loss_partial_ptr, loss_ptr, inv_b
                 tl.store(parameters[i] + offs, param.to(parameters[i].dtype.element_ty), mask=mask)
     if HAS_LOSS:
         if (block == 0) & (seg == 0):
-            total = tl.zeros((BLOCK,), ACC)
-            for p0 in range(0, programs, BLOCK):
-                total += tl.load(loss_partial_ptr + p0 + tl.arange(0, BLOCK), mask=p0 + tl.arange(0, BLOCK) < programs,
-                                 other=0.0)
+            total = tl.zeros((LOSS_BLOCK,), ACC)
+            for p0 in range(0, programs, LOSS_BLOCK):
+                at = p0 + tl.arange(0, LOSS_BLOCK)
+                total += tl.load(loss_partial_ptr + at, mask=at < programs, other=0.0)
             tl.store(loss_ptr, (tl.sum(total, axis=0) * inv_batch).to(loss_ptr.dtype.element_ty))
 
 
@@ -606,8 +606,7 @@ def lenet_reduce_kernel(partial_ptr, programs, loss_partial_ptr, loss_ptr, inv_b
 GRAD_SCRATCH_FIXED = DLOGITS_AT.value  # dconv2 + dpool1 + dflat + dh1 + dh2; dlogits follow
 # The plan's tile constexprs that each kernel declares: a keyword that a kernel does not declare
 # is an error at a real launch (the interpreter ignores it).
-FORWARD_TILE = ("SAMPLES", "FC_ROWS", "BLOCK_R1", "BLOCK_K1", "BLOCK_R2", "BLOCK_K2", "FC_BK", "FC_BN")
-BACKWARD_TILE = FORWARD_TILE + ("BLOCK_KD",)
+TILE = ("SAMPLES", "FC_ROWS", "BLOCK_R1", "BLOCK_K1", "BLOCK_R2", "BLOCK_K2", "FC_BK", "FC_BN")
 
 
 def param_sizes(in_channels: int, num_classes: int) -> tuple:
@@ -646,18 +645,20 @@ def forward(x, parameters, logits, act, win):
     batch, in_channels, num_classes = _shape(x, logits)
     plan = config.lenet_plan(batch, in_channels, x.dtype)
     lenet_forward_kernel[(plan.programs,)](
-        x, tuple(parameters), logits, act, win, batch, **_tile_args(plan, FORWARD_TILE, in_channels, num_classes,
+        x, tuple(parameters), logits, act, win, batch, **_tile_args(plan, TILE, in_channels, num_classes,
                                                                        x.dtype))
 
 
 def _reduce(partial, programs, grads, parameters, state1, state2, steps, hyper, sizes, update, momentum, loss_partial,
             loss, inv_batch, plan):
-    block = plan.reduce_block
-    lenet_reduce_kernel[(config.cdiv(max(sizes), block), NUM_PARAMS.value)](
+    # Each parameter in blocks of the plan's size, or of its own size rounded up to a power of two
+    # when it is smaller: no program loads a block that is mostly past its parameter's end.
+    blocks = tuple(min(plan.reduce_block, config.next_power_of_2(size)) for size in sizes)
+    lenet_reduce_kernel[(config.cdiv(max(sizes), plan.reduce_block), NUM_PARAMS.value)](
         partial, programs, loss_partial, loss, inv_batch, tuple(grads), tuple(parameters), tuple(state1), tuple(state2),
         tuple(steps), hyper, sizes=sizes, offsets=param_offsets(sizes), TOTAL=sum(sizes), UPDATE=update,
-        MOMENTUM=momentum, HAS_LOSS=loss is not None, ACC=config.accumulator_dtype(partial.dtype), BLOCK=block,
-        **config.LAUNCH_OPTIONS["lenet"])
+        MOMENTUM=momentum, HAS_LOSS=loss is not None, ACC=config.accumulator_dtype(partial.dtype), BLOCKS=blocks,
+        LOSS_BLOCK=plan.loss_block, **config.LAUNCH_OPTIONS["lenet"])
 
 
 def backward(dlogits, x, parameters, act, win, grads):
@@ -671,7 +672,7 @@ def backward(dlogits, x, parameters, act, win, grads):
     lenet_backward_kernel[(plan.programs,)](
         x, tuple(parameters), dlogits, act, win, grad_scratch, partial, batch, offsets=param_offsets(sizes),
         TOTAL=sum(sizes), GRAD_STRIDE=grad_scratch.shape[1],
-        **_tile_args(plan, BACKWARD_TILE, in_channels, num_classes, x.dtype))
+        **_tile_args(plan, TILE, in_channels, num_classes, x.dtype))
     parameters = tuple(parameters)
     _reduce(partial, plan.programs, grads, parameters, parameters, parameters, parameters, partial, sizes, "none",
             (0,) * NUM_PARAMS.value, partial, None, 1.0, plan)
@@ -703,6 +704,6 @@ def train_step(x, labels, parameters, buffers, update, state1, state2, steps, hy
         x, labels, parameters, tuple(steps), buffers.act, buffers.win, buffers.grad, buffers.partial,
         buffers.loss_partial, batch, 1.0 / batch, offsets=param_offsets(buffers.sizes),
         TOTAL=sum(buffers.sizes), INCREMENT_STEPS=update == "adam", GRAD_STRIDE=buffers.grad.shape[1],
-        **_tile_args(plan, BACKWARD_TILE, buffers.in_channels, buffers.num_classes, x.dtype))
+        **_tile_args(plan, TILE, buffers.in_channels, buffers.num_classes, x.dtype))
     _reduce(buffers.partial, plan.programs, parameters, parameters, state1, state2, steps, hyper, buffers.sizes, update,
             momentum, buffers.loss_partial, buffers.loss, 1.0 / batch, plan)
