@@ -38,8 +38,9 @@ def test_conv2d_crosses_row_column_group_and_reduction_boundaries(gpu_plan):
     b = make((36,), requires_grad=True)
     with recorded_launches() as launches:
         check_against_torch(*_conv(padding=(0, 1), groups=2), [x, w, b], name="conv2d, GPU plan, 2 groups")
-    assert _grids(launches) == {"conv2d_forward_kernel": [(5, 2, 2)], "conv2d_grad_input_kernel": [(4, 2, 2)],
-                                "conv2d_grad_weight_kernel": [(6, 1, 2)]}
+    # The ReLU's gate on the output gradient: one program per plane of 6*6 positions.
+    assert _grids(launches) == {"conv2d_forward_kernel": [(5, 2, 2)], "relu_grad_kernel": [(72, 1)],
+                                "conv2d_grad_input_kernel": [(4, 2, 2)], "conv2d_grad_weight_kernel": [(6, 1, 2)]}
 
 
 def test_conv2d_strided_with_split_k_weight_gradient(gpu_plan):
@@ -52,8 +53,10 @@ def test_conv2d_strided_with_split_k_weight_gradient(gpu_plan):
     assert config.split_plan(2, 132, 16) == (2, 5)
     with recorded_launches() as launches:
         check_against_torch(*_conv(stride=2, dilation=(1, 2)), [x, w, b], name="conv2d, GPU plan, stride 2")
-    assert _grids(launches) == {"conv2d_forward_kernel": [(9, 1, 1)], "conv2d_grad_input_kernel": [(46, 1, 1)],
-                                "conv2d_grad_weight_kernel": [(2, 2, 1)], "sum_partials_kernel": [(2,), (1,)]}
+    # The ReLU's gate: 11*6 = 66 positions a plane, two programs of 64 each.
+    assert _grids(launches) == {"conv2d_forward_kernel": [(9, 1, 1)], "relu_grad_kernel": [(10, 2)],
+                                "conv2d_grad_input_kernel": [(46, 1, 1)], "conv2d_grad_weight_kernel": [(2, 2, 1)],
+                                "sum_partials_kernel": [(2,), (1,)]}
 
 
 def test_linear_crosses_row_column_and_reduction_boundaries(gpu_plan):
@@ -81,15 +84,16 @@ def test_linear_weight_gradient_with_split_k(gpu_plan):
 
 
 def test_max_pool2d_forward_and_backward_take_several_programs(gpu_plan):
-    # Overlapping 3x3 windows at stride 2: 2*3*7*6 = 252 outputs and 858 inputs, in programs of 64.
-    x = make((2, 3, 13, 11), requires_grad=True)
+    # Overlapping 3x3 windows at stride 2 over 2*3 planes: 11*10 = 110 outputs and 21*19 = 399 inputs
+    # a plane, in programs of 64 positions of one plane (the last one of each plane short).
+    x = make((2, 3, 21, 19), requires_grad=True)
     kwargs = dict(kernel_size=3, stride=2, padding=1)
     with recorded_launches() as launches:
         check_against_torch(lambda x: ops.max_pool2d(x, **kwargs), lambda x: F.max_pool2d(x, **kwargs), [x],
                             name="max_pool2d, GPU plan")
         _, indices = ops.max_pool2d(x, **kwargs, return_indices=True)
     assert torch.equal(indices, F.max_pool2d(x.detach(), **kwargs, return_indices=True)[1])
-    assert _grids(launches) == {"max_pool2d_forward_kernel": [(4,), (4,)], "max_pool2d_backward_kernel": [(14,)]}
+    assert _grids(launches) == {"max_pool2d_forward_kernel": [(6, 2), (6, 2)], "max_pool2d_backward_kernel": [(6, 7)]}
 
 
 def test_sum_partials_takes_several_programs(gpu_plan):
@@ -114,14 +118,13 @@ def test_index_dtype_is_int32_where_offsets_fit_and_int64_where_they_do_not():
     far_apart = storage.new_empty(0).as_strided((4, 6), (2**30, 1))
     just_fits = storage.new_empty(0).as_strided((2, 1), (config.INT32_LIMIT, 1))
     just_past = storage.new_empty(0).as_strided((2, 1), (config.INT32_LIMIT + 1, 1))
-    with config.using_plan(config.GPU_PLAN):
-        assert config.index_dtype(small) == tl.int32
-        assert config.index_dtype(small, far_apart) == tl.int64
-        assert config.index_dtype(just_fits) == tl.int32 and config.index_dtype(just_past) == tl.int64
-        assert config.index_dtype(small, extra=2**31) == tl.int64, "a row count past 2**31 - 1"
-        assert config.index_dtype(small, None, extra=2**31 - 1) == tl.int32
-    with config.using_plan(config.INTERPRETER_PLAN):
-        assert config.index_dtype(small) == tl.int64, "the interpreter's plan skips its int32 overflow checks"
+    for plan in (config.GPU_PLAN, config.INTERPRETER_PLAN):
+        with config.using_plan(plan):
+            assert config.index_dtype(small) == tl.int32
+            assert config.index_dtype(small, far_apart) == tl.int64
+            assert config.index_dtype(just_fits) == tl.int32 and config.index_dtype(just_past) == tl.int64
+            assert config.index_dtype(small, extra=2**31) == tl.int64, "a row count past 2**31 - 1"
+            assert config.index_dtype(small, None, extra=2**31 - 1) == tl.int32
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ written are ever backed) holds views of three batch entries 2**30 elements apart
 in 32 bits, but the third entry's offset (2 * 2**30) does not, so 32-bit index arithmetic would
 wrap and read or write the wrong place.
 
-Under the GPU plan, which picks 32-bit offsets wherever they fit (the interpreter's plan always
-takes 64-bit ones, so there a wrong choice could not show). Each op is first run with its launches
-stubbed out, to check that every launch chose int64 before any of them runs with a wrong width.
+Under both launch plans, each of which picks 32-bit offsets wherever they fit. Each op is first run
+with its launches stubbed out, to check that every launch that reaches the far storage chose int64
+(and the others int32) before any of them runs with a wrong width.
 """
 
 import pytest
@@ -19,7 +19,7 @@ from lenet_triton import ops
 from lenet_triton.testing import assert_close, recorded_launches
 from conftest import DEVICE
 
-pytestmark = pytest.mark.usefixtures("gpu_plan")
+pytestmark = pytest.mark.usefixtures("plan")
 
 STEP = 2**30
 
@@ -45,10 +45,15 @@ def _grads(fn, inputs, upstream):
 
 
 def _every_launch_takes_int64(fn, inputs, upstream):
+    """Each launch that addresses the far-apart storage takes int64 offsets, and every other launch
+    (on small tensors of its own) int32."""
+    far = inputs[0].untyped_storage().data_ptr()
     with recorded_launches(run=False) as launches:
         _grads(fn, inputs, upstream)
-    assert launches and all(launch.kwargs["IDX"] == tl.int64 for launch in launches), \
-        [(launch.kernel, launch.kwargs["IDX"]) for launch in launches]
+    widths = [(launch.kernel, any(isinstance(arg, torch.Tensor) and arg.untyped_storage().data_ptr() == far
+                                  for arg in launch.args), launch.kwargs["IDX"]) for launch in launches]
+    assert any(reaches for _, reaches, _ in widths), widths
+    assert all(width == (tl.int64 if reaches else tl.int32) for _, reaches, width in widths), widths
 
 
 def test_conv2d(storage):

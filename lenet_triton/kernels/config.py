@@ -23,11 +23,13 @@ MIN_DOT_TILE = 16
 # register usage level (5), ptxas 13 (triton 3.9's, which runs it with --regAllocOptLevel=2)
 # spilled 8 to 24 bytes in linear and pool kernels that wanted 72 to 168 registers, and at level 6
 # or 7 ptxas 12 (triton 3.6's) did so in conv and pool kernels; these levels keep every per-op
-# launch in registers on both. The whole-network kernels spilled 4 to 24 bytes at some plan at every
+# launch in registers on both (the pool kernels, since their tiles became planes by positions, at
+# level 4: at 3 both spilled 8 to 24 bytes in the forward with 64-bit offsets, at 6 and 7 ptxas 12 in
+# LeNet's layers). The whole-network kernels spilled 4 to 24 bytes at some plan at every
 # level on one version or the other; with the limit set to 255 neither spills at any plan (they
 # then take up to 255 registers: 2 blocks of 4 warps per SM). bench/rehearsal.py checks every
 # launch the public API makes, on both versions.
-_PTXAS_REGISTER_LEVEL = {"conv": 5, "linear": 3, "pool": 3, "reduce": 3}
+_PTXAS_REGISTER_LEVEL = {"conv": 5, "linear": 3, "pool": 4, "reduce": 3}
 LAUNCH_OPTIONS = {family: {"ptx_options": f"--register-usage-level {level}"}
                   for family, level in _PTXAS_REGISTER_LEVEL.items()}
 LAUNCH_OPTIONS["lenet"] = {"maxnreg": 255}
@@ -101,21 +103,38 @@ class LeNetPlan:
     tile: dict              # the kernels' tile constexprs
     num_warps: int
     num_stages: int
-    reduce_block: int       # parameter elements per program of lenet_reduce_kernel
+    reduce_block: int       # parameter elements per program of lenet_reduce_kernel, at most
+    loss_block: int         # per-program loss sums that lenet_reduce_kernel adds at a time
 
 
 def _pow2_tile(extent: int, cap: int) -> int:
     return max(MIN_DOT_TILE, min(cap, next_power_of_2(max(extent, 1))))
 
 
-def _largest_offset(tensors, extra: int) -> int:
-    """The largest element offset (or element count, or `extra`) any of the tensors can reach."""
+def _pow2_sizes(extent: int, cap: int) -> list:
+    """The tile sizes to consider for an extent: powers of two from MIN_DOT_TILE to the first one
+    that covers it, at most `cap`."""
+    sizes = [MIN_DOT_TILE]
+    while sizes[-1] < extent and sizes[-1] * 2 <= cap:
+        sizes.append(sizes[-1] * 2)
+    return sizes
+
+
+def _plane_tile(planes: int, positions: int, elements: int) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_Q): whole planes' positions where `elements` allow, then as many planes as fit."""
+    block_q = min(elements, next_power_of_2(max(positions, 1)))
+    return min(next_power_of_2(max(planes, 1)), max(1, elements // block_q)), block_q
+
+
+def _index_dtype(tensors, extra: int):
+    """tl.int64 when the largest element offset (or element count, or `extra`) that any of the tensors
+    can reach passes 2**31 - 1, else tl.int32."""
     largest = extra
     for t in tensors:
         if t is not None and t.numel() > 0:
             span = t.storage_offset() + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
             largest = max(largest, span, t.numel())
-    return largest
+    return tl.int64 if largest > INT32_LIMIT else tl.int32
 
 
 # Plans are compared by identity (eq=False): hashing one is then free, and the launchers' cached
@@ -125,22 +144,32 @@ _plan_cache = functools.lru_cache(maxsize=4096)
 
 @dataclass(frozen=True, eq=False)
 class InterpreterPlan:
-    """Few programs, each as large as an element budget allows."""
-    # Each tl op costs a fixed Python overhead (about 0.3 ms) plus numpy time per element; on the
-    # 2-core CPU a LeNet training step ran fastest with tiles of Triton's largest size (2**20
-    # elements: 1.8 s at batch 64, against 2.3 s with 2**17).
-    tile_elements: int = 1 << 20
+    """Tiles sized by what the interpreter pays: a fixed cost per tl op (a program runs a few dozen
+    in its prologue and epilogue, and again as many per reduction step) and a cost per element of
+    each tile it gathers. The element costs favour tiles that waste few padded rows and reduction
+    columns; the op costs favour few programs and steps."""
+    # Measured on the 2-core CPU (bench/NOTES.md): about 35 us per tl op, about 20 ns per gathered
+    # element (the load's element loop, its pointer and mask arithmetic).
+    op_seconds: float = 35e-6
+    element_seconds: float = 20e-9
+    program_ops: int = 25       # tl ops of a GEMM program outside its reduction loop
+    step_ops: int = 30          # tl ops per reduction step
+    tile_elements: int = 1 << 20    # Triton's largest tile
     max_cols: int = 256
     fc_rows: int = 64           # samples per chunk of the whole-network kernels' fc layers
     name = "interpreter"
 
     @_plan_cache
     def gemm_tile(self, rows: int, cols: int, reduction: int) -> tuple[int, int, int]:
-        # The whole reduction in as few steps as the element budget allows, then as many rows as still
-        # fit, so most launches are a handful of programs.
         block_n = _pow2_tile(cols, self.max_cols)
-        block_k = _pow2_tile(reduction, self.tile_elements // max(block_n, MIN_DOT_TILE))
-        block_m = _pow2_tile(rows, self.tile_elements // max(block_k, block_n))
+        candidates = []
+        for block_k in _pow2_sizes(reduction, self.tile_elements // block_n):
+            for block_m in _pow2_sizes(rows, self.tile_elements // block_k):
+                programs, steps = cdiv(rows, block_m) * cdiv(cols, block_n), max(1, cdiv(reduction, block_k))
+                ops = programs * (self.program_ops + steps * self.step_ops)
+                elements = programs * (steps * (block_m + block_n) * block_k + block_m * block_n)
+                candidates.append((ops * self.op_seconds + elements * self.element_seconds, block_m, block_k))
+        _, block_m, block_k = min(candidates)
         return block_m, block_n, block_k
 
     @_plan_cache
@@ -150,10 +179,14 @@ class InterpreterPlan:
     def elementwise_block(self, numel: int) -> int:
         return min(self.tile_elements, next_power_of_2(max(numel, 1)))
 
+    def plane_tile(self, planes: int, positions: int) -> tuple[int, int]:
+        return _plane_tile(planes, positions, self.tile_elements)
+
     def index_dtype(self, tensors, extra: int):
-        # int64 always: the interpreter checks every int32 add and mul for overflow through int64
-        # temporaries (several numpy passes per op), and skips that check for int64.
-        return tl.int64
+        # As on a GPU: int32 where the offsets fit. The kernels' integer arguments arrive as int32, so
+        # int64 offsets would cost a cast per operation (and int32 arithmetic no overflow check, with
+        # triton_mode's "no-overflow-checks").
+        return _index_dtype(tensors, extra)
 
     @_plan_cache
     def lenet(self, batch: int, in_channels: int, dtype: torch.dtype) -> LeNetPlan:
@@ -167,9 +200,8 @@ class InterpreterPlan:
         block_r1 = min(next_power_of_2(samples * 196), row_budget)
         tile = dict(SAMPLES=samples, FC_ROWS=max(MIN_DOT_TILE, min(samples, self.fc_rows)), BLOCK_R1=block_r1,
                     BLOCK_K1=block_k1, BLOCK_R2=max(MIN_DOT_TILE, min(next_power_of_2(samples * 25), 4096)),
-                    BLOCK_K2=256, BLOCK_KD=max(MIN_DOT_TILE, min(512, self.tile_elements // block_r1)),
-                    FC_BK=512, FC_BN=128)
-        return LeNetPlan(samples, 1, tile, num_warps=1, num_stages=1, reduce_block=1 << 16)
+                    BLOCK_K2=256, FC_BK=512, FC_BN=128)
+        return LeNetPlan(samples, 1, tile, num_warps=1, num_stages=1, reduce_block=1 << 16, loss_block=1)
 
 
 # The whole-network kernels' chunks on a GPU. Each GEMM runs in chunks small enough that a compiled
@@ -177,14 +209,14 @@ class InterpreterPlan:
 # memory stays under half an SM's, so that two blocks of 4 warps are resident per SM
 # (bench/results/kernels-sm90.md has the compiled figures, bench/rehearsal.py checks them).
 _GPU_LENET_TILE = (("FC_ROWS", 16), ("BLOCK_R1", 32), ("BLOCK_K1", 16), ("BLOCK_R2", 32), ("BLOCK_K2", 16),
-                   ("BLOCK_KD", 16), ("FC_BK", 16), ("FC_BN", 64))
+                   ("FC_BK", 16), ("FC_BN", 64))
 
 
 @dataclass(frozen=True, eq=False)
 class GpuPlan:
     """Tiles that fill an H100, and 32-bit offsets wherever they fit."""
     gemm_tile_caps: tuple = (64, 64, 32)    # (rows, cols, reduction) of the implicit-GEMM and matmul kernels
-    elementwise_block_cap: int = 1024       # elements per program of the pool and split-K sum kernels
+    elementwise_block_cap: int = 1024       # elements per program of the pool, ReLU-gate and split-K sum kernels
     # Split-K target: enough programs to keep every SM busy when the output tile grid is small (two
     # blocks on each of an H100's 132 SMs). The whole-network kernels take at most this many
     # programs, each tile a power of two of samples (batch 256: 256 programs of 1 sample; 4096: 256
@@ -215,14 +247,18 @@ class GpuPlan:
     def elementwise_block(self, numel: int) -> int:
         return min(self.elementwise_block_cap, next_power_of_2(max(numel, 1)))
 
+    def plane_tile(self, planes: int, positions: int) -> tuple[int, int]:
+        return _plane_tile(planes, positions, self.elementwise_block_cap)
+
     def index_dtype(self, tensors, extra: int):
-        return tl.int64 if _largest_offset(tensors, extra) > INT32_LIMIT else tl.int32
+        return _index_dtype(tensors, extra)
 
     @_plan_cache
     def lenet(self, batch: int, in_channels: int, dtype: torch.dtype) -> LeNetPlan:
         samples = next_power_of_2(cdiv(batch, self.lenet_programs))
         return LeNetPlan(samples, cdiv(batch, samples), dict(self.lenet_tile, SAMPLES=samples),
-                         num_warps=self.lenet_warps, num_stages=self.lenet_stages, reduce_block=self.reduce_block)
+                         num_warps=self.lenet_warps, num_stages=self.lenet_stages, reduce_block=self.reduce_block,
+                         loss_block=next_power_of_2(self.lenet_programs))
 
 
 INTERPRETER_PLAN = InterpreterPlan()
@@ -262,13 +298,19 @@ def split_plan(tiles: int, reduction: int, block_k: int, allow_split: bool = Tru
 
 
 def elementwise_block(numel: int) -> int:
-    """Elements per program of the elementwise-style kernels (pooling, split-K sums)."""
+    """Elements per program of the one-dimensional elementwise kernels (split-K sums)."""
     return _plan.elementwise_block(numel)
+
+
+def plane_tile(planes: int, positions: int) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_Q) of the kernels that tile (N * C planes) x (positions in a plane): pooling
+    and the ReLU gate."""
+    return _plan.plane_tile(planes, positions)
 
 
 def index_dtype(*tensors: torch.Tensor, extra: int = 0):
     """The integer type of every offset: tl.int64 when some element offset (or `extra`, a row count)
-    can pass 2**31 - 1, else tl.int32 (the interpreter's plan: always tl.int64)."""
+    can pass 2**31 - 1, else tl.int32, under either plan."""
     return _plan.index_dtype(tensors, extra)
 
 
