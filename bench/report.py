@@ -1,8 +1,10 @@
 """Turns a pytest-benchmark JSON into bench/results/<device>.md (tables) and <device>.png (speedup plot).
 
 Columns: median and IQR of the step time, samples/s, speedup against eager and against the best
-torch.compile mode at the same batch, achieved GFLOP/s, and the ratio of the median to the
-computed floor (FLOPs of the call over the device's measured float32 matmul rate).
+torch.compile mode at the same batch ("263x slower" below 1), achieved GFLOP/s, and the ratio of
+the median to the computed floor (FLOPs of the call over the device's measured float32 matmul
+rate). Where Triton runs through its interpreter, a summary first gives each Triton row's time as a
+multiple of eager's.
 """
 
 import json
@@ -30,6 +32,12 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e9:.3g} ns"
 
 
+def _speedup(reference: float, median: float) -> str:
+    """How much faster than `reference` a row is, readable at any size: "1.56x", or "263x slower"."""
+    ratio = reference / median
+    return f"{ratio:.2f}x" if ratio >= 1 else f"{1 / ratio:.3g}x slower"
+
+
 def _section(rows, title, expected_variants, baseline) -> list:
     lines = [f"### {title}", "",
              f"| variant | median | IQR | samples/s | vs {baseline} | vs best compile | GFLOP/s | x floor | first call |",
@@ -48,8 +56,8 @@ def _section(rows, title, expected_variants, baseline) -> list:
         label = f"{variant} (interpreter)" if r.get("interpreter") else variant
         lines.append(" | ".join([
             f"| {label}", _fmt_time(r["median"]), _fmt_time(r["iqr"]), f"{r['batch'] / r['median']:,.0f}",
-            f"{eager['median'] / r['median']:.2f}x" if eager else "-",
-            f"{best_compile / r['median']:.2f}x" if best_compile else "-",
+            _speedup(eager["median"], r["median"]) if eager else "-",
+            _speedup(best_compile, r["median"]) if best_compile else "-",
             f"{r['flops_per_call'] / r['median'] / 1e9:.2f}" if r["flops_per_call"] else "-",
             f"{r['median'] / floor:,.0f}" if floor else "-",
             f"{r['first_call_seconds']:.2f} s |"]))
@@ -72,8 +80,27 @@ def _host_section(rows, title, expected_variants, baseline) -> list:
         if r is None:
             lines.append(f"| {variant} | not timed: it errored (see the log) | | |" + (" |" if yardstick else ""))
             continue
-        ratio = f" {r['median'] / yardstick['median']:.2f}x |" if yardstick else ""
+        ratio = f" {_speedup(yardstick['median'], r['median'])} |" if yardstick else ""
         lines.append(f"| {variant} | {_fmt_time(r['median'])} | {_fmt_time(r['iqr'])} | {r['launches']} |{ratio}")
+    return lines + [""]
+
+
+def _interpreter_summary(rows) -> list:
+    """One line per training-step and inference table: eager's median, then each Triton row's median
+    as a multiple of it."""
+    tables = [g for g in dict.fromkeys(r["group"] for r in rows) if g.startswith(("train", "inference"))]
+    triton = [v for v in dict.fromkeys([*variants.TRAIN_VARIANTS, *variants.INFERENCE_VARIANTS])
+              if variants.runs_triton(v)]
+    triton = [v for v in triton if any(r["variant"] == v and r["group"] in tables for r in rows)]
+    lines = ["### Summary: each Triton row's time as a multiple of eager's", "",
+             "| table | eager | " + " | ".join(triton) + " |", "| --- | ---: | " + " | ".join("---:" for _ in triton) + " |"]
+    for group in tables:
+        by_variant = {r["variant"]: r for r in rows if r["group"] == group}
+        eager = by_variant.get(variants.BASELINE)
+        if eager is None:
+            continue
+        cells = [f"{by_variant[v]['median'] / eager['median']:,.0f}x" if v in by_variant else "-" for v in triton]
+        lines.append(f"| {group} | {_fmt_time(eager['median'])} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -86,8 +113,9 @@ def render(rows) -> str:
              f"peak (a training step is {variants.lenet_flops(True) / 1e6:.2f} MFLOP per sample). Median and IQR "
              "over the timed rounds, after warm-up; `first call` includes compilation and is not in the median.", ""]
     if any(r.get("interpreter") for r in rows):
-        lines += ["**Triton rows on this CPU run Triton's interpreter (TRITON_INTERPRET=1): a correctness path "
-                  "that executes the kernels with numpy, not a speed figure.**", ""]
+        lines += ["**Triton rows on this CPU run Triton's interpreter (TRITON_INTERPRET=1), which executes the "
+                  "kernels with numpy: what a user without a GPU waits for, not what the kernels do on one.**", ""]
+        lines += _interpreter_summary(rows)
     groups = defaultdict(list)
     for r in rows:
         groups[r["group"]].append(r)

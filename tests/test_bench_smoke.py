@@ -57,7 +57,8 @@ def _fake_run(path):
         for i, name in enumerate(names):
             rows.append({"extra_info": {"group": group, "variant": name, "batch": 64, "flops_per_call": 1.45e8,
                                         "peak_gflops": 100.0, "device": "test device", "precision": "float32",
-                                        "first_call_seconds": 0.5, "interpreter": False, "torch": "t",
+                                        "first_call_seconds": 0.5, "interpreter": variants.runs_triton(name),
+                                        "torch": "t",
                                         "triton": "tr", "onnxruntime": "o", "lenet_triton": "l"},
                          "stats": {"median": 0.01 * (i + 1), "iqr": 0.001, "rounds": 10}})
     for i, name in enumerate(variants.HOST_STEP_VARIANTS):
@@ -78,8 +79,13 @@ def test_report_tables_and_plot(tmp_path):
     assert cells[1] == "10 ms" and cells[3] == "6,400" and cells[4] == "1.00x"
     assert cells[6] == "14.50" and cells[7] == "7"            # 1.45e8 FLOP / 10 ms; 10 ms / 1.45 ms floor
     compile_row = next(line for line in text.splitlines() if line.startswith("| compile-default |"))
-    assert "0.50x" in compile_row and "1.00x" in compile_row  # vs eager, vs the best compile mode (itself)
+    assert "| 2x slower |" in compile_row and "| 1.00x |" in compile_row  # vs eager, vs the best compile mode
     assert f"| {variants.TRAIN_VARIANTS[-1]} | not timed" in text  # a missing variant is reported, not hidden
     assert "vs torch" in text
     host = text[text.index("### host: training step, batch 1"):]
-    assert f"| {variants.HOST_STEP_VARIANTS[1]} | 500 us | 10 us | 3 | 0.50x |" in host, host
+    assert f"| {variants.HOST_STEP_VARIANTS[1]} | 500 us | 10 us | 3 | 2.00x |" in host, host
+    # The interpreter's rows: each Triton row's time as a multiple of eager's, before the tables.
+    summary = text[text.index("### Summary"):text.index("### train step")]
+    triton_rows = [v for v in variants.TRAIN_VARIANTS[:-1] if variants.runs_triton(v)]
+    expected = " | ".join(f"{variants.TRAIN_VARIANTS.index(v) + 1}x" for v in triton_rows)
+    assert f"| train step, batch 64 | 10 ms | {expected} |" in summary, summary
