@@ -28,13 +28,6 @@ OUTSIDE = tl.constexpr(-(1 << 29))
 
 
 @triton.jit
-def _inside(coordinate, size, IDX: tl.constexpr):
-    # 0 <= coordinate < size as one unsigned compare: a negative coordinate reads as a huge one.
-    UNSIGNED: tl.constexpr = tl.uint64 if IDX == tl.int64 else tl.uint32
-    return coordinate.to(UNSIGNED, bitcast=True) < size
-
-
-@triton.jit
 def _relu_gate(grad, out):
     # torch's threshold_backward: the gradient passes unless the output is <= 0 (NaN passes).
     return tl.where(out <= 0, 0.0, grad)
@@ -71,11 +64,11 @@ def conv2d_forward_kernel(
     ow = rows % OW
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
+    # Rows past the end test as if their corner were far outside, so the bounds test masks them.
+    ih0_test = tl.where(row_ok, ih0, OUTSIDE)
     # The offset of x[n, i, ih, iw] splits into a row part and a reduction part, so the 2-D
     # pointer tile costs one broadcast add.
     x_rows = x_ptr + n * stride_xn + group * C_IN_G * stride_xc + ih0 * stride_xh + iw0 * stride_xw
-    # Rows past the end test as if their corner were far outside, so the bounds test masks them.
-    ih0_test = tl.where(row_ok, ih0, OUTSIDE)
     out_channel = group * C_OUT_G + cols
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -88,7 +81,7 @@ def conv2d_forward_kernel(
         kw = ks % KW
         ih = ih0_test[:, None] + tl.where(k_ok, kh * DH, OUTSIDE)[None, :]
         iw = iw0[:, None] + (kw * DW)[None, :]
-        x_mask = _inside(ih, H, IDX) & _inside(iw, W, IDX)
+        x_mask = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x_tile = tl.load(x_rows[:, None] + (i * stride_xc + kh * DH * stride_xh + kw * DW * stride_xw)[None, :],
                          mask=x_mask, other=0.0)
         w_offs = (out_channel * stride_wo)[None, :] + (i * stride_wi + kh * stride_wh + kw * stride_ww)[:, None]
@@ -174,7 +167,7 @@ def conv2d_grad_input_kernel(
         oh_scaled = oh_base[:, None] - tl.where(k_ok, kh * DH, -OUTSIDE)[None, :]
         ow_scaled = ow_base[:, None] - (kw * DW)[None, :]
         if UNIT_STRIDE:
-            hit = _inside(oh_scaled, OH, IDX) & _inside(ow_scaled, OW, IDX)
+            hit = (oh_scaled >= 0) & (oh_scaled < OH) & (ow_scaled >= 0) & (ow_scaled < OW)
             g_tile = tl.load(g_rows[:, None] + (o * stride_gc - kh * DH * stride_gh - kw * DW * stride_gw)[None, :],
                              mask=hit, other=0.0)
         else:
@@ -250,7 +243,7 @@ def conv2d_grad_weight_kernel(
             g_tile = _relu_gate(g_tile, y_tile)
         ih = (oh * SH - PH)[:, None] + (kh * DH)[None, :]
         iw = (ow * SW - PW)[:, None] + (kw * DW)[None, :]
-        x_mask = r_ok[:, None] & col_ok[None, :] & _inside(ih, H, IDX) & _inside(iw, W, IDX)
+        x_mask = r_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x_tile = tl.load(x_ptr + (n * stride_xn)[:, None] + (i * stride_xc)[None, :] + ih * stride_xh + iw * stride_xw,
                          mask=x_mask, other=0.0)
         acc = tl.dot(g_tile, x_tile, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
