@@ -89,3 +89,18 @@ def test_report_tables_and_plot(tmp_path):
     triton_rows = [v for v in variants.TRAIN_VARIANTS[:-1] if variants.runs_triton(v)]
     expected = " | ".join(f"{variants.TRAIN_VARIANTS.index(v) + 1}x" for v in triton_rows)
     assert f"| train step, batch 64 | 10 ms | {expected} |" in summary, summary
+
+
+def test_interpreter_costs_measures_both_figures(capsys):
+    """python -m bench.interpreter_costs: the two costs InterpreterPlan sizes its tiles by."""
+    from bench import interpreter_costs
+    from lenet_triton.kernels import config
+
+    if not config.interpreting():
+        with pytest.raises(RuntimeError, match="measures Triton's interpreter"):
+            interpreter_costs.measure(1)
+        return
+    costs = interpreter_costs.measure(repeats=1)
+    assert 1e-7 < costs["op_seconds"] < 1e-2 and 1e-11 < costs["element_seconds"] < 1e-6, costs
+    assert interpreter_costs.main(["--repeats", "1"]) == 0
+    assert "per tl op:" in capsys.readouterr().out
