@@ -85,10 +85,13 @@ test-torch-only: $(SETUP_STAMP)
 test-triton36: $(SETUP36_STAMP) $(SETUP_STAMP)
 	$(PYTEST36) tests -m "not torch_only"
 
-# The default training run: embedded digits, Triton backend; writes $(TRAIN_DIR)/checkpoint.pt,
-# metrics.json and curves.png. TRAIN_ARGS adds options, e.g. make train TRAIN_ARGS="--epochs 2".
+# The default training run: embedded digits on the fast path (the whole-network kernels and
+# TrainStep); writes $(TRAIN_DIR)/checkpoint.pt, metrics.json and curves.png. TRAIN_ARGS adds options,
+# which win over these, e.g. make train TRAIN_ARGS="--epochs 2", or TRAIN_ARGS="--backend triton
+# --no-fused-step" for the per-op kernels with torch's optimizer.
+TRAIN_PATH := --backend fused --fused-step
 train: $(SETUP_STAMP)
-	$(PY) -m lenet_triton.train --out-dir $(TRAIN_DIR) $(TRAIN_ARGS)
+	$(PY) -m lenet_triton.train --out-dir $(TRAIN_DIR) $(TRAIN_PATH) $(TRAIN_ARGS)
 
 $(TRAIN_DIR)/checkpoint.pt: | $(SETUP_STAMP)
 	$(MAKE) train

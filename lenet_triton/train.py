@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3, help="learning rate")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="adam, or sgd with --momentum")
-    parser.add_argument("--fused-step", action="store_true",
+    parser.add_argument("--fused-step", action=argparse.BooleanOptionalAction, default=False,
                         help="train with lenet_triton.TrainStep: forward, loss, backward and the optimizer's "
-                             "update in two Triton launches per step (any backend; best with --backend fused)")
+                             "update in two Triton launches per step (any backend; best with --backend fused); "
+                             "--no-fused-step: the model's backward and torch's optimizer")
     parser.add_argument("--momentum", type=float, default=0.9, help="momentum for --optimizer sgd")
     parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the batch order")
     parser.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda or cuda:N")
