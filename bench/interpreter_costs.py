@@ -1,7 +1,7 @@
 """What Triton's interpreter costs on this machine: the two figures lenet_triton.kernels.config's
-InterpreterPlan sizes its tiles by.
+InterpreterPlan sizes its tiles by, and what a LeNet step asks of the interpreter.
 
-    python -m bench.interpreter_costs [--repeats N]
+    python -m bench.interpreter_costs [--repeats N] [--count]
 
 - per tl op: the time of one elementwise tl op on a small tile, beyond the launch;
 - per gathered element: the time of a masked tl.load of a gathered tile, with its pointer and mask
@@ -9,9 +9,13 @@ InterpreterPlan sizes its tiles by.
 
 Each figure is the difference between a kernel that does the work many times and one that does it
 once, so the launch and the rest of the kernel cancel out; the median of --repeats runs of each.
+--count also counts, for one TrainStep at batch 4 and one per-op training step at batch 64, the
+interpreter's builder calls (what tl ops turn into), loads, stores and dots, the calls of nested
+@triton.jit functions and the scans that patch triton.language for the interpreter.
 """
 
 import argparse
+import collections
 import statistics
 import time
 
@@ -71,10 +75,68 @@ def measure(repeats: int = 5) -> dict:
     return {"op_seconds": ops, "element_seconds": loads / (many - once) / (rows * cols)}
 
 
+def count(step) -> dict:
+    """What one call of `step` asks of the interpreter (see the module docstring)."""
+    from triton.runtime import interpreter
+
+    counted = collections.Counter()
+    builder = interpreter.interpreter_builder
+    methods = [name for name in dir(type(builder)) if name.startswith("create_") or name.endswith("ary_op")]
+
+    def counting(name, method):
+        def call(*args, **kwargs):
+            counted[name] += 1
+            return method(*args, **kwargs)
+        return call
+
+    # The stock patch, under triton_mode's "patch-once" adjustment; else the one the interpreter calls.
+    patch_name = "_stock_patch_lang" if hasattr(interpreter, "_stock_patch_lang") else "_patch_lang"
+    saved_patch, saved_call = getattr(interpreter, patch_name), interpreter.InterpretedFunction.__call__
+    for name in methods:
+        setattr(builder, name, counting(name, getattr(builder, name)))
+    setattr(interpreter, patch_name, counting("language patches", saved_patch))
+    interpreter.InterpretedFunction.__call__ = counting("nested calls", saved_call)
+    try:
+        step()
+    finally:
+        for name in methods:
+            delattr(builder, name)
+        setattr(interpreter, patch_name, saved_patch)
+        interpreter.InterpretedFunction.__call__ = saved_call
+    return {"builder calls": sum(counted[name] for name in methods),
+            "loads": counted["create_masked_load"] + counted["create_load"],
+            "stores": counted["create_masked_store"] + counted["create_store"], "dots": counted["create_dot"],
+            "nested calls": counted["nested calls"], "language patches": counted["language patches"]}
+
+
+def _lenet_steps() -> dict:
+    """{name: a training step to count}: TrainStep at batch 4, the per-op backend at batch 64."""
+    import torch.nn.functional as F
+
+    from lenet_triton import LeNet, TrainStep
+
+    torch.manual_seed(0)
+    fused = LeNet(backend="fused")
+    train_step = TrainStep(fused, torch.optim.SGD(fused.parameters(), lr=0.01, momentum=0.9))
+    small = torch.randn(4, 1, 32, 32), torch.randint(0, 10, (4,))
+    per_op = LeNet(backend="triton")
+    optimizer = torch.optim.SGD(per_op.parameters(), lr=0.01, momentum=0.9)
+    images, labels = torch.randn(64, 1, 32, 32), torch.randint(0, 10, (64,))
+
+    def per_op_step():
+        optimizer.zero_grad()
+        F.cross_entropy(per_op(images), labels).backward()
+        optimizer.step()
+
+    return {"TrainStep, batch 4": lambda: train_step(*small), "per-op step, batch 64": per_op_step}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.interpreter_costs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each kernel (median)")
+    parser.add_argument("--count", action="store_true", help="also count what a LeNet training step asks of "
+                                                             "the interpreter")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
@@ -84,6 +146,10 @@ def main(argv=None) -> int:
           f"{plan.op_seconds * 1e6:.0f} us)")
     print(f"per gathered element: {costs['element_seconds'] * 1e9:5.1f} ns   (InterpreterPlan.element_seconds: "
           f"{plan.element_seconds * 1e9:.0f} ns)")
+    if args.count:
+        for name, step in _lenet_steps().items():
+            step()  # the first call plans and allocates
+            print(f"{name}: " + ", ".join(f"{value:,} {key}" for key, value in count(step).items()))
     return 0
 
 

@@ -102,5 +102,8 @@ def test_interpreter_costs_measures_both_figures(capsys):
         return
     costs = interpreter_costs.measure(repeats=1)
     assert 1e-7 < costs["op_seconds"] < 1e-2 and 1e-11 < costs["element_seconds"] < 1e-6, costs
-    assert interpreter_costs.main(["--repeats", "1"]) == 0
-    assert "per tl op:" in capsys.readouterr().out
+    assert interpreter_costs.main(["--repeats", "1", "--count"]) == 0
+    out = capsys.readouterr().out
+    assert "per tl op:" in out and "TrainStep, batch 4: " in out and "per-op step, batch 64: " in out, out
+    from triton.runtime import interpreter
+    assert "create_masked_load" not in vars(interpreter.interpreter_builder), "the counting wrappers stayed"
