@@ -196,14 +196,14 @@ def rehearsal():
         raise RuntimeError("bench.rehearsal needs the kernels defined for the compiler: run it in its own process "
                            "(python -m bench.rehearsal), not where triton's interpreter is on")
     # Saved as it is, not reset: without a GPU triton's default driver cannot even be created.
-    saved = ops._check_device, triton_driver._active
-    ops._check_device = lambda op, name, tensor: None
+    saved = ops.common.check_device, triton_driver._active
+    ops.common.check_device = lambda op, name, tensor: None
     triton_driver.set_active(RehearsalDriver())
     try:
         with config.using_plan(config.GPU_PLAN):
             yield
     finally:
-        ops._check_device, triton_driver._active = saved
+        ops.common.check_device, triton_driver._active = saved
 
 
 def measured_microseconds(launch) -> float:

@@ -15,7 +15,7 @@ def _batch_sizes(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lenet_triton.data import FILE_DATASETS
+    from lenet_triton.datasets import FILE_DATASETS
     from lenet_triton.model import BACKENDS
 
     from .onnx import DEFAULT_OPSET

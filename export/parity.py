@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import torch
 
-from lenet_triton import data
+from lenet_triton import datasets
 from lenet_triton.model import BACKENDS
 from lenet_triton.files import write_json
 from lenet_triton.testing import TOLERANCES
@@ -171,7 +171,7 @@ def cases(batch_sizes, in_channels: int, seed: int, extra=None):
     generator = torch.Generator().manual_seed(seed)
     for batch in batch_sizes:
         yield "random", torch.randn(batch, in_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    _, test = data.load_digits()
+    _, test = datasets.load_digits()
     yield "digits", test.images.expand(-1, in_channels, -1, -1).contiguous()
     if extra is not None:
         yield extra
@@ -179,12 +179,12 @@ def cases(batch_sizes, in_channels: int, seed: int, extra=None):
 
 def load_test_images(dataset: str, data_dir, in_channels: int) -> torch.Tensor:
     """The test split of a data set the user has, checked against the model's input channels."""
-    if dataset not in data.FILE_DATASETS or data_dir is None:
-        raise ParityInputError(f"--dataset must be one of {data.FILE_DATASETS}, given with --data-dir; got "
+    if dataset not in datasets.FILE_DATASETS or data_dir is None:
+        raise ParityInputError(f"--dataset must be one of {datasets.FILE_DATASETS}, given with --data-dir; got "
                                f"{dataset!r} and --data-dir {data_dir}")
     try:
-        _, test = data.load(dataset, data_dir)
-    except data.DataError as error:
+        _, test = datasets.load(dataset, data_dir)
+    except datasets.DataError as error:
         raise ParityInputError(str(error)) from None
     if test.images.shape[1] != in_channels:
         raise ParityInputError(f"--dataset {dataset} has {test.images.shape[1]}-channel images, but the checkpoint's "

@@ -28,7 +28,7 @@ class Conv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros":
             raise NotImplementedError(f"Conv2d: padding_mode={self.padding_mode!r}; only 'zeros' is supported")
-        ops._check_activation("Conv2d", activation)
+        ops.common.check_activation("Conv2d", activation)
         self.activation, self.backend = activation, check_backend(backend)
 
     def forward(self, input):
@@ -59,7 +59,7 @@ class MaxPool2d(nn.MaxPool2d):
 class Linear(nn.Linear):
     def __init__(self, *args, activation=None, backend="triton", **kwargs):
         super().__init__(*args, **kwargs)
-        ops._check_activation("Linear", activation)
+        ops.common.check_activation("Linear", activation)
         self.activation, self.backend = activation, check_backend(backend)
 
     def forward(self, input):

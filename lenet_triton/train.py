@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__, data
+from . import __version__, datasets
 from .files import atomic_path, write_json
 from .kernels.config import interpreting
 from .model import BACKENDS, LeNet
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--momentum", type=float, default=0.9, help="momentum for --optimizer sgd")
     parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the batch order")
     parser.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda or cuda:N")
-    parser.add_argument("--dataset", choices=data.DATASETS, default="digits",
+    parser.add_argument("--dataset", choices=datasets.DATASETS, default="digits",
                         help="digits: embedded scikit-learn digits; mnist: IDX files in --data-dir; cifar10: "
                              "the python or binary version in --data-dir, unpacked or as its .tar.gz")
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -137,7 +137,7 @@ def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim
     return torch.optim.SGD(params, lr=lr, momentum=momentum)
 
 
-def batches(split: data.Split, batch_size: int, generator: torch.Generator = None, order=None, skip: int = 0):
+def batches(split: datasets.Split, batch_size: int, generator: torch.Generator = None, order=None, skip: int = 0):
     """(images, labels) batches in `order` (else shuffled by `generator` when one is given), from
     batch number `skip` on."""
     if order is None:
@@ -212,7 +212,7 @@ def train_step(model, optimizer, images, labels) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, split: data.Split, device) -> tuple[float, float, dict]:
+def evaluate(model, split: datasets.Split, device) -> tuple[float, float, dict]:
     """(mean cross-entropy, accuracy, {class name: accuracy}) over a split; a class with no test
     image has accuracy None."""
     total_loss = 0.0
@@ -286,7 +286,7 @@ def train(args) -> dict:
     """Runs a whole training job as described by parsed arguments; returns the metrics it wrote."""
     check_args(args)
     device = resolve_device(args.device, "fused" if args.fused_step else args.backend)
-    train_split, test_split = data.load(args.dataset, args.data_dir)
+    train_split, test_split = datasets.load(args.dataset, args.data_dir)
     torch.manual_seed(args.seed)
     model = LeNet(in_channels=train_split.images.shape[1], backend=args.backend).to(device)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
@@ -387,7 +387,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         train(args)
-    except (ValueError, data.DataError) as error:
+    except (ValueError, datasets.DataError) as error:
         build_parser().error(str(error))  # exits with status 2
     except KeyboardInterrupt:
         again = " ".join(["python -m lenet_triton.train", *argv, *([] if args.resume else ["--resume"])])

@@ -174,7 +174,7 @@ def _adjust_interpreter(version: str) -> None:
     from .kernels.probe import probe_adjustments
 
     try:
-        problem = probe_adjustments()
+        problem = probe_adjustments(interpreter_adjustments())
     except Exception as error:  # what a broken adjustment raises is up to triton
         problem = f"the probe kernel failed: {error!r}"
     if problem is not None:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lenet_triton import cifar10, data
+from lenet_triton import datasets as data
+from lenet_triton.datasets import cifar10
 
 # Loaders only: the same on every triton version.
 pytestmark = pytest.mark.torch_only

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lenet_triton import data
+from lenet_triton import datasets as data
 
 # Loaders only: the same on every triton version.
 pytestmark = pytest.mark.torch_only

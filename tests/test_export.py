@@ -171,7 +171,7 @@ def test_three_channel_model_exports(tmp_path, capsys):
 def test_parity_adds_a_data_sets_test_images(exported, checkpoint, tmp_path, capsys):
     """A 3-channel checkpoint against a small CIFAR-10 archive (tests/test_cifar10.py's files)."""
     from test_cifar10 import _batches, _binary_files, _write
-    from lenet_triton import cifar10
+    from lenet_triton.datasets import cifar10
 
     _write(tmp_path, cifar10.BINARY_VERSION, _binary_files(_batches()), archive=True)
     path = tmp_path / "cifar.pt"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lenet_triton import LeNet, TrainStep, ops
-from lenet_triton.data import load_digits
+from lenet_triton.datasets import load_digits
 from lenet_triton.kernels import config
 from lenet_triton.testing import assert_close, recorded_launches
 from conftest import DEVICE, HALF_DTYPES, needs_cuda

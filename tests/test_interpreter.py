@@ -56,7 +56,7 @@ def test_the_probe_proves_each_adjustment_took_effect(adjustments):
     from triton.runtime import interpreter
 
     adjustments(triton_mode.ADJUSTMENTS)
-    assert probe_adjustments() is None
+    assert probe_adjustments(triton_mode.interpreter_adjustments()) is None
     assert interpreter.interpreter_builder.options.sanitize_overflow is False
     adjustments(())
     assert interpreter._patch_lang is interpreter._stock_patch_lang

@@ -14,7 +14,9 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from lenet_triton import LeNet, TrainStep, cifar10, data, train
+from lenet_triton import LeNet, TrainStep, train
+from lenet_triton import datasets as data
+from lenet_triton.datasets import cifar10
 from lenet_triton.testing import TOLERANCES
 from conftest import DEVICE
 from test_cifar10 import CLASSES, _batches, _binary_files, _python_files, _write

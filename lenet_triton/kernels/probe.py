@@ -48,13 +48,11 @@ def probe_adjustments_kernel(x_ptr, out_ptr, big, SIZE: tl.constexpr):
     tl.store(out_ptr + 2 + offs, wrapped.to(tl.float32))
 
 
-def probe_adjustments() -> str | None:
-    """None when a kernel with a nested call and int32 arithmetic computes what torch does under the
-    interpreter adjustments in effect (lenet_triton.triton_mode), and each took effect; else what
-    went wrong."""
+def probe_adjustments(adjusted: tuple) -> str | None:
+    """None when a kernel with a nested call and int32 arithmetic computes what torch does under
+    `adjusted`, the interpreter adjustments in effect (lenet_triton.triton_mode), and each took
+    effect; else what went wrong."""
     from triton.runtime import interpreter
-
-    from ..triton_mode import interpreter_adjustments
 
     x = torch.arange(1, PROBE_SIZE + 1, dtype=torch.float32) * torch.tensor(-1.0) ** torch.arange(PROBE_SIZE)
     big = 2**31 - 5
@@ -75,7 +73,6 @@ def probe_adjustments() -> str | None:
     expected = torch.cat([torch.stack([(x * 2).sum(), x.max() + (x * 0.5).sum()]), wrapped.float()])
     if not torch.equal(out, expected):
         return f"the probe kernel gave {out.tolist()}, expected {expected.tolist()}"
-    adjusted = interpreter_adjustments()
     # Five nested calls (_scaled_sum twice, tl.sum twice inside it, tl.max), two language modules:
     # tl at the launch, tl.core at the first triton helper.
     if "patch-once" in adjusted and len(patches) != 2:

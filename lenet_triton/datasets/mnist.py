@@ -1,26 +1,14 @@
-"""Data sets for LeNet's 32x32 input: the embedded digits default, real MNIST IDX files and
-CIFAR-10 (lenet_triton.cifar10).
-
-Nothing is downloaded: digits ships inside scikit-learn, and MNIST and CIFAR-10 are read from
-files the user already has.
-"""
+"""MNIST from the standard IDX files the user already has (each raw or .gz), as 32x32 images."""
 
 import gzip
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("digits", "mnist", "cifar10")
-# The data sets read from the user's files (--data-dir); digits ships with scikit-learn.
-FILE_DATASETS = ("mnist", "cifar10")
-DIGIT_CLASSES = tuple("0123456789")
-
-# Fixed split of the embedded digits: 20% held out, stratified by class, seed 0.
-DIGITS_TEST_FRACTION = 0.2
-DIGITS_SPLIT_SEED = 0
+from .base import DataError, Split
 
 # The classic MNIST normalization (mean and std of the training pixels scaled to [0, 1]).
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -30,51 +18,6 @@ MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049
-
-
-class DataError(ValueError):
-    """A data set is missing, corrupt or inconsistent; the message names the file and the problem."""
-
-
-@dataclass
-class Split:
-    images: torch.Tensor   # (N, C, 32, 32) float32, normalized
-    labels: torch.Tensor   # (N,) int64
-    classes: tuple = DIGIT_CLASSES   # each label's class name
-
-    def __len__(self):
-        return len(self.labels)
-
-
-def load(name: str, data_dir=None) -> tuple[Split, Split]:
-    """(train, test) for a data set name in DATASETS."""
-    if name == "digits":
-        return load_digits()
-    if name in FILE_DATASETS:
-        if data_dir is None:
-            raise DataError(f"{name}: give the directory that holds its files (--data-dir)")
-        if name == "mnist":
-            return load_mnist(data_dir)
-        from .cifar10 import load_cifar10
-        return load_cifar10(data_dir)
-    raise DataError(f"unknown data set {name!r}; expected one of {DATASETS}")
-
-
-def load_digits() -> tuple[Split, Split]:
-    """scikit-learn's bundled 8x8 digits (1,797 images), upscaled to 32x32 and normalized by the train split."""
-    from sklearn.datasets import load_digits as sklearn_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = sklearn_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
-    labels = torch.tensor(digits.target, dtype=torch.int64)
-    train_idx, test_idx = train_test_split(torch.arange(len(labels)).numpy(), test_size=DIGITS_TEST_FRACTION,
-                                           random_state=DIGITS_SPLIT_SEED, stratify=labels.numpy())
-    train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
-    mean, std = images[train_idx].mean(), images[train_idx].std()
-    images = (images - mean) / std
-    return Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx])
 
 
 def load_mnist(data_dir, resize: str = "pad") -> tuple[Split, Split]:
@@ -120,8 +63,6 @@ def _read(path: Path) -> bytes:
 
 
 def _parse_idx(path: Path, magic: int, dims: int):
-    import numpy as np
-
     data = _read(path)
     header = 4 + 4 * dims
     if len(data) < header:
