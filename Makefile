@@ -11,7 +11,7 @@ VENV36 := .venv-triton36
 PY36 := $(VENV36)/bin/python
 SETUP36_STAMP := $(VENV36)/.setup-done
 
-.PHONY: setup lock test test-triton39 test-triton39-kernels test-torch-only test-triton36 bench bench-compare gpu-check kernels train export onnx clean
+.PHONY: setup lock test test-triton39 test-triton39-kernels test-torch-only test-triton36 bench bench-compare bench-distributed gpu-check kernels train export onnx clean
 
 TRAIN_DIR := runs/default
 
@@ -119,6 +119,11 @@ bench: $(SETUP_STAMP)
 BENCH_FAIL ?= median:10%
 bench-compare: $(SETUP_STAMP)
 	$(PY) -m bench compare --fail $(BENCH_FAIL)
+
+# The training step across 2 ranks of this machine (gloo; NCCL with a GPU each) beside one process,
+# with the collective's share: bench/results/<device>-distributed.md and .json. DIST_ARGS: e.g. "--ranks 4".
+bench-distributed: $(SETUP_STAMP)
+	$(PY) -m bench distributed $(DIST_ARGS)
 
 # The kernel report, bench/results/kernels-sm90.md and .json: every launch of the public API bound
 # and compiled for an H100 on this CPU (one rehearsal process per core), with each kernel's

@@ -1,4 +1,4 @@
-"""python -m bench [run | compare | report | gpu-check]: the benchmark suite, its report, the
+"""python -m bench [run | compare | report | gpu-check | kernels | distributed]: the benchmark suite, its report, the
 regression gate, and the whole GPU check.
 
 run        runs every suite with pytest-benchmark, writes <results>/<device>.json (pytest-benchmark's
@@ -11,6 +11,8 @@ gpu-check  versions, the test suite and the benchmark grid in one call on a GPU 
            under --out (see bench/gpu_check.py).
 kernels    the kernel report, bench/results/kernels-sm90.md and .json: every launch of the public API
            rehearsed for an H100 on this CPU (see bench/kernels.py; `python -m bench kernels -h`).
+distributed  the training step across ranks of this machine beside one process, and the collective's
+           share (bench/results/<device>-distributed.md; see bench/distributed.py).
 """
 
 import argparse
@@ -96,10 +98,13 @@ def main(argv=None) -> int:
     if argv[:1] == ["kernels"]:
         from .kernels import main as kernels_main
         return kernels_main(argv[1:])
+    if argv[:1] == ["distributed"]:
+        from .distributed import main as distributed_main
+        return distributed_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="run",
-                        choices=["run", "compare", "report", "gpu-check", "kernels"])
+                        choices=["run", "compare", "report", "gpu-check", "kernels", "distributed"])
     parser.add_argument("--fail", default="median:10%", help="regression threshold for compare")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where run writes its JSON, MD and PNG")
     parser.add_argument("--collect-only", action="store_true", help="run: only collect the suites")

@@ -3,7 +3,7 @@
     make gpu-check [FAST=1]        (python3 -m bench gpu-check --out "$OUT" [--fast])
 
 Runs with whatever python3 it is started with (the GPU image's: torch 2.11, triton 3.6, no venv,
-no network) and writes at most 10 files into --out:
+no network) and writes at most 13 files into --out:
 
     <device>-versions.txt    versions, device properties, TF32 switches, nvidia-smi
     <device>-tests.txt       the test suite on cuda (pytest's log, summary line last)
@@ -14,6 +14,9 @@ no network) and writes at most 10 files into --out:
                              the fused run exported to ONNX and checked against both backends with
                              onnxruntime's CPU provider (and its CUDA provider where it has one)
     <device>-train.tar.gz    those runs' metrics.json, curves.png, checkpoints, ONNX file and parity reports
+    <device>-distributed.txt (not with --fast) the NCCL training step at world size 1 (TrainStep's
+    <device>-distributed.json  all_gather and all_reduce paths, and DDP) beside one process, TrainStep
+    <device>-distributed.md    graphed and not: what the collective path costs (bench/distributed.py)
     <device>-kernels.txt     (not with --fast) LeNet's launches (per-op, fused, TrainStep), each timed again
     <device>-kernels.json    on its own: the log, and the launches with their times, for the kernel report
                              (`python -m bench kernels --update` puts them beside the bounds in
@@ -55,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Seconds per step, chosen so that the whole check ends inside one 10-minute call even when every
 # step runs to its limit and its grace.
-TIME_LIMITS = {"full": {"tests": 215, "bench": 170, "train": 65, "kernels": 40},
+TIME_LIMITS = {"full": {"tests": 195, "bench": 150, "train": 60, "distributed": 25, "kernels": 40},
                "fast": {"tests": 50, "bench": 35, "train": 35}}
 # After its limit a step gets Ctrl-C and this long to wrap up (pytest's summary, the benchmark's
 # JSON and report) before it is killed.
@@ -124,6 +127,13 @@ def kernels_command(out_file: Path, dry_run: bool) -> list:
     command = [sys.executable, "-m", "bench.rehearsal", "--measure", "--only", *MEASURED_SCENARIOS, "--json",
                str(out_file)]
     return command + (["--list"] if dry_run else [])
+
+
+def distributed_command(out: Path, dry_run: bool) -> list:
+    command = [sys.executable, "-m", "bench", "distributed", "--ranks", "1", "--results", str(out)]
+    # The dry run: one round of eager DDP at a tiny batch on the CPU (gloo), so no kernel runs.
+    return command + (["--device", "cpu", "--batch", "2", "--rounds", "1", "--warmup", "0", "--variants", "eager"]
+                      if dry_run else [])
 
 
 def train_command(work: Path, fast: bool, dry_run: bool) -> list:
@@ -256,6 +266,9 @@ def gpu_check(out: Path, fast: bool = False, dry_run: bool = False) -> int:
         results["train"] = run_step("train", train_command(Path(work), fast, dry_run), out / f"{slug}-train.txt",
                                     limits["train"], env)
         pack(Path(work), out / f"{slug}-train.tar.gz")
+    if "distributed" in limits:
+        results["distributed"] = run_step("distributed", distributed_command(out, dry_run),
+                                          out / f"{slug}-distributed.txt", limits["distributed"], env)
     if "kernels" in limits:
         results["kernels"] = run_step("kernels", kernels_command(out / f"{slug}-kernels.json", dry_run),
                                       out / f"{slug}-kernels.txt", limits["kernels"], env)

@@ -276,7 +276,7 @@ def violations(result) -> list:
 # The report
 # ------------------------------------------------------------------------------------------------
 
-FUSED_GROUPS = ("lenet-fused", "train-step")
+FUSED_GROUPS = ("lenet-fused", "train-step", "distributed-step")
 
 
 def limits_table(failures, all_rows) -> list:

@@ -23,7 +23,9 @@ compiles. The kernels must be defined for the compiler from the start, so this r
 process (TRITON_INTERPRET=0 is set before triton is imported).
 
 The scenarios are the launch paths of the public API: each op's forward and backward, the per-op
-and fused LeNet, and TrainStep with each optimizer, over dtypes, input channels and batch sizes.
+and fused LeNet, and TrainStep with each optimizer, over dtypes, input channels and batch sizes,
+in one process and across ranks (a process group of this process alone, which takes the same
+distributed path: a rank with samples, then one without).
 The default set is a representative one (what `make test` runs, on both triton versions); --full
 is the whole grid, which `python -m bench kernels` turns into the kernel report. On a GPU,
 --measure runs the same scenarios for real and times each launch again on its own, which the
@@ -49,6 +51,7 @@ from pathlib import Path  # noqa: E402
 from typing import Callable, Optional  # noqa: E402
 
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.driver import DriverBase  # noqa: E402
@@ -222,7 +225,7 @@ def measured_microseconds(launch) -> float:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    group: str                 # "ops", "lenet-triton", "lenet-fused" or "train-step"
+    group: str                 # "ops", "lenet-triton", "lenet-fused", "train-step" or "distributed-step"
     precision: str             # a key of PRECISIONS
     run: Callable[[torch.dtype, str], None]   # run(dtype, device)
     batch: Optional[int] = None
@@ -252,6 +255,27 @@ def _train_step(optimizer, batch, in_channels):
         # Two steps: an SGD momentum buffer's first step starts it, later steps update it.
         step(images, labels)
         step(images, labels)
+    return run
+
+
+def _one_rank_group(device):
+    """A process group of this process alone (gloo; NCCL for CUDA tensors), made on first use."""
+    if not dist.is_initialized():
+        rendezvous = Path(tempfile.mkdtemp(prefix="lenet-rehearsal-group-")) / "rendezvous"
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", init_method=f"file://{rendezvous}",
+                                rank=0, world_size=1)
+    return dist.group.WORLD
+
+
+def _distributed_step(optimizer, batch, in_channels):
+    def run(dtype, device):
+        model = LeNet(in_channels, backend="fused").to(device, dtype)
+        step = TrainStep(model, OPTIMIZERS[optimizer](model.parameters()), group=_one_rank_group(device))
+        labels = torch.zeros(batch, dtype=torch.int64, device=device)
+        # A rank's step with samples, then one with none (its row is zeros); the second also updates an
+        # SGD momentum buffer that the first started.
+        step(_images(batch, in_channels, dtype, device), labels, global_batch=batch)
+        step(_images(0, in_channels, dtype, device), labels[:0], global_batch=batch)
     return run
 
 
@@ -333,6 +357,11 @@ def scenarios(full: bool) -> list:
         for optimizer in OPTIMIZERS:
             found.append(Scenario(f"train-step {optimizer} {suffix}", "train-step", precision,
                                   _train_step(optimizer, batch, channels), batch, channels))
+    # Across ranks only the gradient row and the update differ from TrainStep's launches, and they do
+    # not depend on the batch size.
+    for precision, channels, optimizer in itertools.product(PRECISIONS, IN_CHANNELS, OPTIMIZERS):
+        found.append(Scenario(f"distributed-step {optimizer} {precision} c{channels} b7", "distributed-step",
+                              precision, _distributed_step(optimizer, 7, channels), 7, channels))
     for precision in PRECISIONS:
         for name, call in OP_CALLS.items():
             found.append(Scenario(f"ops {name} {precision}", "ops", precision, call))
@@ -352,6 +381,7 @@ REPRESENTATIVE = {
     "lenet-fused bf16 c1 b7", "lenet-fused fp64 c1 b1",
     "train-step sgd fp32 c1 b4096", "train-step momentum fp32 c3 b256", "train-step nesterov bf16 c3 b65536",
     "train-step adam fp16 c1 b1", "train-step adam tf32 c1 b7", "train-step momentum fp64 c3 b256",
+    "distributed-step adam fp32 c1 b7", "distributed-step momentum bf16 c3 b7", "distributed-step nesterov fp16 c1 b7",
     *(f"ops {name} fp32" for name in OP_CALLS), *(f"ops {name} bf16" for name in OP_CALLS),
     "ops int64 offsets fp32",
 }

@@ -66,6 +66,12 @@ def host_op_rows() -> list:
     return [f"{backend} {op} {direction}" for backend, names in HOST_OP_CALLS.items() for op in names
             for direction in ("forward", "backward")]
 
+# python -m bench distributed: the training step across ranks beside one process. "eager", "triton"
+# and "fused" train under DistributedDataParallel; the fused-step variants are TrainStep with its
+# default all_gather ("fused-step", "fused-step-graph" on a GPU) or with all_reduce.
+DISTRIBUTED_VARIANTS = (["eager", "triton", "fused", "fused-step", "fused-step-all-reduce"]
+                        + (["fused-step-graph"] if GPU else []))
+
 # Per-op benchmarks: each Triton op against torch.nn.functional.
 OP_IMPLEMENTATIONS = ["torch", "triton"]
 COMPILE_VARIANTS = [v for v in TRAIN_VARIANTS if v.startswith("compile-")]

@@ -7,9 +7,14 @@ from which --resume continues a run that was stopped, even by SIGKILL, to exactl
 a run that never stopped. The defaults reach >= 95% test accuracy on the embedded digits data;
 metrics.json and the last line printed say after which epoch, and how many seconds from the
 start, that was.
+
+Under torchrun (torchrun --nproc-per-node N -m lenet_triton.train ...) every process is a rank of a
+data-parallel run (lenet_triton.distributed): --batch-size stays the global batch, each rank trains
+on its slice of it, and rank 0 alone prints and writes the files.
 """
 
 import argparse
+import os
 import platform
 import signal
 import sys
@@ -22,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__, datasets
+from . import __version__, datasets, distributed
 from .files import atomic_path, write_json
 from .kernels.config import interpreting
 from .model import BACKENDS, LeNet
@@ -35,7 +40,8 @@ EVAL_BATCH_SIZE = 1024
 TARGET_ACCURACY = 0.95
 RESUME_FILE = "resume.pt"
 # What must be the same for --resume to continue a run exactly.
-RESUME_OPTIONS = ("dataset", "backend", "fused_step", "optimizer", "lr", "momentum", "batch_size", "seed")
+RESUME_OPTIONS = ("dataset", "backend", "fused_step", "optimizer", "lr", "momentum", "batch_size", "seed", "dtype")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # --recipe NAME: another set of defaults (options given on the command line still win).
 # tutorial-cifar10 is PyTorch's "Training a classifier" tutorial: SGD, lr 0.001, momentum 0.9,
 # batch 4, 2 epochs, the running loss every 2000 mini-batches.
@@ -72,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"continue the run in --out-dir from its {RESUME_FILE}, with the same options")
     parser.add_argument("--recipe", choices=RECIPES, default=None,
                         help="tutorial-cifar10: the defaults of PyTorch's CIFAR-10 tutorial (needs --data-dir)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="the model's parameters and arithmetic (float64: runs that must agree to the last bits)")
+    parser.add_argument("--dist-backend", choices=distributed.BACKENDS, default=None,
+                        help="under torchrun: the process group's backend (default: gloo on a CPU, nccl on CUDA)")
     return parser
 
 
@@ -85,10 +95,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def resolve_device(requested: str, backend: str) -> torch.device:
-    """The torch device for --device, or a ValueError that says why it can't be used."""
+def resolve_device(requested: str, backend: str, local_rank: int = 0) -> torch.device:
+    """The torch device for --device, or a ValueError that says why it can't be used. Under torchrun
+    a CUDA device without an index is the rank's own, cuda:LOCAL_RANK."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and distributed.launched_by_torchrun():
+        requested = f"cuda:{local_rank}"
     try:
         device = torch.device(requested)
     except RuntimeError:
@@ -202,13 +215,23 @@ def load_resume(path: Path, args, model, optimizer, device) -> _Position:
     return _Position(**{key: state[key] for key in vars(_Position())})
 
 
-def train_step(model, optimizer, images, labels) -> torch.Tensor:
-    """One step: forward, cross-entropy loss, backward, optimizer step. Returns the loss (detached)."""
+def train_step(model, optimizer, images, labels, global_batch: int = None, ranks: int = 1) -> torch.Tensor:
+    """One step: forward, cross-entropy loss, backward, optimizer step. Returns the loss (detached).
+
+    Under DistributedDataParallel (`ranks` of them, which average their gradients) images are this
+    rank's slice of a global batch of `global_batch` samples: the loss is then the sum over the slice
+    scaled by ranks / global_batch, so that the averaged gradient is the global batch's mean
+    gradient whatever the split, and the returned value is that sum, unscaled."""
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
-    loss.backward()
+    if global_batch is None:
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+    loss_sum = F.cross_entropy(model(images), labels, reduction="sum")
+    (loss_sum * (ranks / global_batch)).backward()
     optimizer.step()
-    return loss.detach()
+    return loss_sum.detach()
 
 
 @torch.no_grad()
@@ -218,8 +241,9 @@ def evaluate(model, split: datasets.Split, device) -> tuple[float, float, dict]:
     total_loss = 0.0
     hits = torch.zeros(len(split.classes), dtype=torch.int64)
     counts = torch.bincount(split.labels, minlength=len(split.classes))
+    dtype = next(model.parameters()).dtype
     for images, labels in batches(split, EVAL_BATCH_SIZE):
-        logits = model(images.to(device))
+        logits = model(images.to(device, dtype))
         total_loss += F.cross_entropy(logits, labels.to(device), reduction="sum").item()
         right = logits.argmax(1).cpu() == labels
         hits += torch.bincount(labels[right], minlength=len(split.classes))
@@ -282,38 +306,101 @@ def plot_curves(path: Path, epochs: list, class_accuracy: dict) -> None:
     plt.close(fig)
 
 
+def dist_backend(ranks: distributed.Ranks):
+    return None if ranks.group is None else distributed.dist.get_backend(ranks.group)
+
+
 def train(args) -> dict:
-    """Runs a whole training job as described by parsed arguments; returns the metrics it wrote."""
+    """Runs a whole training job as described by parsed arguments; returns the metrics it wrote (under
+    torchrun, rank 0 writes them; the other ranks return theirs unwritten)."""
     check_args(args)
-    device = resolve_device(args.device, "fused" if args.fused_step else args.backend)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(args.device, "fused" if args.fused_step else args.backend, local_rank)
+    ranks = distributed.SINGLE
+    if distributed.launched_by_torchrun():
+        distributed.check_batch_size(args.batch_size, int(os.environ["WORLD_SIZE"]))
+        ranks = distributed.start(args.dist_backend, device)
+    elif args.dist_backend is not None:
+        raise ValueError("--dist-backend is only read under torchrun (torchrun --nproc-per-node N -m "
+                         "lenet_triton.train ...)")
+    try:
+        return _train(args, ranks, device)
+    finally:
+        distributed.stop(ranks)
+
+
+def _train(args, ranks: distributed.Ranks, device: torch.device) -> dict:
+    leader = ranks.leader
+    say = print if leader else (lambda *args, **kwargs: None)
+    distributed.check_same_options({k: str(v) for k, v in vars(args).items()}, ranks)
+    dtype = DTYPES[args.dtype]
     train_split, test_split = datasets.load(args.dataset, args.data_dir)
     torch.manual_seed(args.seed)
-    model = LeNet(in_channels=train_split.images.shape[1], backend=args.backend).to(device)
+    model = LeNet(in_channels=train_split.images.shape[1], backend=args.backend).to(device, dtype)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
     resume_path = args.out_dir / RESUME_FILE
     position = load_resume(resume_path, args, model, optimizer, device) if args.resume else _Position()
     if position.epoch > args.epochs:
         raise ValueError(f"--resume: the run in {str(args.out_dir)!r} already finished its {position.epoch - 1} "
                          f"epochs; give --epochs more than that to train on")
-    step = TrainStep(model, optimizer) if args.fused_step else partial(train_step, model, optimizer)
+    distributed.broadcast_parameters(model, ranks)
+    if args.fused_step:
+        step = TrainStep(model, optimizer, group=ranks.group)
+    elif ranks.group is not None:
+        replica = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+        step = partial(train_step, replica, optimizer, ranks=ranks.world_size)
+    else:
+        step = partial(train_step, model, optimizer)
     shuffle = torch.Generator().manual_seed(args.seed)
     if position.shuffle is not None:
         shuffle.set_state(position.shuffle)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if leader:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
     uses_triton = args.backend in TRITON_BACKENDS or args.fused_step
     mode = " (Triton interpreter)" if uses_triton and device.type == "cpu" else ""
     how = ", fused training step" if args.fused_step else ""
-    print(f"training LeNet, backend {args.backend}{how}{mode}, on {device_name(device)}: {args.dataset} "
-          f"({len(train_split)} train / {len(test_split)} test images), {args.epochs} epochs", flush=True)
+    across = f", {ranks.world_size} processes ({dist_backend(ranks)})" if ranks.group is not None else ""
+    say(f"training LeNet, backend {args.backend}{how}{mode}, on {device_name(device)}{across}: {args.dataset} "
+        f"({len(train_split)} train / {len(test_split)} test images), {args.epochs} epochs", flush=True)
     if args.resume:
-        print(f"resuming from {resume_path}: epoch {position.epoch}, after mini-batch {position.done}", flush=True)
+        say(f"resuming from {resume_path}: epoch {position.epoch}, after mini-batch {position.done}", flush=True)
     metrics = {"backend": args.backend, "fused_step": args.fused_step, "device": str(device), "device_name": device_name(device),
-               "interpreter": mode != "", "dataset": args.dataset, "versions": versions(),
+               "interpreter": mode != "", "dataset": args.dataset, "world_size": ranks.world_size,
+               "dist_backend": dist_backend(ranks), "versions": versions(),
                "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "epochs": position.epochs}
     started = time.perf_counter() - position.elapsed
     steps = (len(train_split) + args.batch_size - 1) // args.batch_size
     stop = _StopAfterTheStep()
+
+    def one_step(images, labels):
+        """(this global batch's mean loss, whether any rank asked to stop), the same on every rank."""
+        global_batch = len(labels)
+        mine = distributed.share(global_batch, ranks.world_size, ranks.rank)
+        images, labels = images[mine].to(device, dtype), labels[mine].to(device)
+        if ranks.group is None:
+            return step(images, labels).item(), stop.requested
+        loss = step(images, labels, global_batch=global_batch)
+        # TrainStep's loss is already the global mean; DDP's is this rank's sum: add the ranks' sums.
+        local = 0.0 if args.fused_step else loss.item()
+        agreed = distributed.agree(torch.tensor([local, float(stop.requested)], dtype=torch.float64, device=device),
+                                   ranks).tolist()
+        return (loss.item() if args.fused_step else agreed[0] / global_batch), agreed[1] > 0
+
+    def stopping():
+        """Whether any rank asked to stop (so that all stop at the same place)."""
+        if ranks.group is None:
+            return stop.requested
+        flag = torch.tensor([float(stop.requested)], dtype=torch.float64, device=device)
+        return distributed.agree(flag, ranks).item() > 0
+
+    def save(position):
+        """resume.pt, by rank 0, once every rank has finished the same mini-batch."""
+        distributed.barrier(ranks)
+        if leader:
+            save_resume(resume_path, args, model, optimizer, position)
+
     try:
         for epoch in range(position.epoch, args.epochs + 1):
             epoch_start = time.perf_counter()
@@ -325,44 +412,52 @@ def train(args) -> dict:
             loss_sum, seen, running_loss = position.sums
             with tqdm(batches(train_split, args.batch_size, order=position.order, skip=position.done),
                       initial=position.done, total=steps, desc=f"epoch {epoch}/{args.epochs}", unit="step",
-                      mininterval=1.0, file=sys.stderr) as progress:
+                      mininterval=1.0, file=sys.stderr, disable=not leader) as progress:
                 for number, (images, labels) in enumerate(progress, start=position.done + 1):
-                    loss = step(images.to(device), labels.to(device)).item()
+                    loss, stop_now = one_step(images, labels)
                     loss_sum, seen = loss_sum + loss * len(labels), seen + len(labels)
                     progress.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
                     running_loss += loss
                     if args.log_every and number % args.log_every == 0:
-                        progress.write(f"[{epoch}, {number:5d}] loss: {running_loss / args.log_every:.3f}",
-                                       file=sys.stdout)
-                        sys.stdout.flush()   # one line at a time, also into a pipe
+                        if leader:
+                            progress.write(f"[{epoch}, {number:5d}] loss: {running_loss / args.log_every:.3f}",
+                                           file=sys.stdout)
+                            sys.stdout.flush()   # one line at a time, also into a pipe
                         running_loss = 0.0
                     position.done, position.sums = number, (loss_sum, seen, running_loss)
                     position.elapsed = time.perf_counter() - started
                     if args.checkpoint_every and number % args.checkpoint_every == 0 and number < steps:
-                        save_resume(resume_path, args, model, optimizer, position)
-                    stop.check()
+                        save(position)
+                    if stop_now:
+                        raise KeyboardInterrupt
             model.eval()
-            test_loss, test_accuracy, class_accuracy = evaluate(model, test_split, device)
-            metrics["epochs"].append({"epoch": epoch, "train_loss": loss_sum / seen, "test_loss": test_loss,
-                                      "test_accuracy": test_accuracy, "seconds": time.perf_counter() - epoch_start})
-            print(f"epoch {epoch}: train loss {loss_sum / seen:.4f}, test loss {test_loss:.4f}, "
-                  f"test accuracy {100 * test_accuracy:.2f}%, {metrics['epochs'][-1]['seconds']:.1f} s", flush=True)
+            if leader:
+                test_loss, test_accuracy, class_accuracy = evaluate(model, test_split, device)
+                metrics["epochs"].append({"epoch": epoch, "train_loss": loss_sum / seen, "test_loss": test_loss,
+                                          "test_accuracy": test_accuracy,
+                                          "seconds": time.perf_counter() - epoch_start})
+                say(f"epoch {epoch}: train loss {loss_sum / seen:.4f}, test loss {test_loss:.4f}, "
+                    f"test accuracy {100 * test_accuracy:.2f}%, {metrics['epochs'][-1]['seconds']:.1f} s", flush=True)
             position = _Position(epoch + 1, 0, None, shuffle.get_state(), epochs=metrics["epochs"],
                                  elapsed=time.perf_counter() - started)
-            save_resume(resume_path, args, model, optimizer, position)
-            stop.check()
+            save(position)
+            if stopping():
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         if stop.forced:   # perhaps inside a step: the last resume.pt written stands
-            print(f"\nstopped at once; {resume_path} holds the run as of its last checkpoint", flush=True)
+            say(f"\nstopped at once; {resume_path} holds the run as of its last checkpoint", flush=True)
             raise
         # Stopped between steps: position is the last whole mini-batch, the state the model is in.
-        save_resume(resume_path, args, model, optimizer, position)
-        print(f"\ninterrupted in epoch {position.epoch} after mini-batch {position.done}; {resume_path} holds the "
-              "run", flush=True)
+        save(position)
+        say(f"\ninterrupted in epoch {position.epoch} after mini-batch {position.done}; {resume_path} holds the "
+            "run", flush=True)
         raise
     finally:
         stop.release()
     metrics["total_seconds"] = time.perf_counter() - started
+    distributed.barrier(ranks)
+    if not leader:
+        return metrics
     metrics["final_test_accuracy"] = metrics["epochs"][-1]["test_accuracy"]
     metrics["final_class_accuracy"] = class_accuracy
     metrics["target_accuracy"] = TARGET_ACCURACY
@@ -390,8 +485,12 @@ def main(argv=None) -> int:
     except (ValueError, datasets.DataError) as error:
         build_parser().error(str(error))  # exits with status 2
     except KeyboardInterrupt:
-        again = " ".join(["python -m lenet_triton.train", *argv, *([] if args.resume else ["--resume"])])
-        print(f"to continue it: {again}", flush=True)
+        if os.environ.get("RANK", "0") == "0":
+            launcher = (f"torchrun --nproc-per-node {os.environ['WORLD_SIZE']} -m lenet_triton.train"
+                        if distributed.launched_by_torchrun() else "python -m lenet_triton.train")
+            again = " ".join([launcher, *argv, *([] if args.resume else ["--resume"])])
+            anywhere = " (with any number of processes)" if distributed.launched_by_torchrun() else ""
+            print(f"to continue it: {again}{anywhere}", flush=True)
         return 130
     return 0
 

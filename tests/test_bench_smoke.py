@@ -107,3 +107,28 @@ def test_interpreter_costs_measures_both_figures(capsys):
     assert "per tl op:" in out and "TrainStep, batch 4: " in out and "per-op step, batch 64: " in out, out
     from triton.runtime import interpreter
     assert "create_masked_load" not in vars(interpreter.interpreter_builder), "the counting wrappers stayed"
+
+
+@pytest.mark.slow
+def test_distributed_bench_runs_across_two_ranks(tmp_path):
+    """python -m bench distributed at a tiny batch: a DDP and a TrainStep variant, each in one process
+    and across two gloo ranks, ending at the same parameters, with the collective timed apart."""
+    done = subprocess.run([sys.executable, "-m", "bench", "distributed", "--batch", "3", "--rounds", "1", "--warmup",
+                           "0", "--variants", "eager", "fused-step", "--results", str(tmp_path)],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / f"{variants.device_slug()}-distributed.json").read_text())
+    assert result["ranks"] == 2 and result["backend"] == "gloo"
+    assert [row["variant"] for row in result["rows"]] == ["eager", "fused-step"]
+    for row in result["rows"]:
+        assert row["agrees"], row
+        assert 0 < row["collective_seconds"] < row["ranks_seconds"], row
+    assert "| fused-step |" in (tmp_path / f"{variants.device_slug()}-distributed.md").read_text()
+
+
+@pytest.mark.torch_only
+def test_distributed_bench_refuses_fewer_samples_than_ranks():
+    done = subprocess.run([sys.executable, "-m", "bench", "distributed", "--ranks", "3", "--batch", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--batch 2 is smaller than --ranks 3" in done.stderr, done.stderr

@@ -46,7 +46,8 @@ def test_dry_run_starts_every_step_and_writes_its_files(dry_runs, mode):
     slug = variants.device_slug()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"{slug}-versions.txt", f"{slug}-tests.txt", f"{slug}-bench.txt", f"{slug}-train.txt", f"{slug}-train.tar.gz",
-         *([f"{slug}-kernels.txt"] if mode == "full" else [])])
+         *([f"{slug}-kernels.txt", f"{slug}-distributed.txt", f"{slug}-distributed.json", f"{slug}-distributed.md"]
+           if mode == "full" else [])])
     versions = (tmp_path / f"{slug}-versions.txt").read_text()
     assert "torch " in versions and "triton " in versions and "device" in versions
     tests_log = (tmp_path / f"{slug}-tests.txt").read_text()
@@ -66,6 +67,10 @@ def test_dry_run_starts_every_step_and_writes_its_files(dry_runs, mode):
             "parity-torch-cpu.json"} <= names, names
     assert len(metrics["epochs"]) == 1 and "seconds_to_target" in metrics
     if mode == "full":
+        distributed_log = (tmp_path / f"{slug}-distributed.txt").read_text()
+        assert "[distributed: ok" in distributed_log, distributed_log[-3000:]
+        rows = json.loads((tmp_path / f"{slug}-distributed.json").read_text())["rows"]
+        assert [(row["variant"], row["agrees"]) for row in rows] == [("eager", True)], rows
         kernels_log = (tmp_path / f"{slug}-kernels.txt").read_text()
         assert "[kernels: ok" in kernels_log, kernels_log[-3000:]
         assert all(name in kernels_log for name in gpu_check.MEASURED_SCENARIOS), kernels_log[-3000:]

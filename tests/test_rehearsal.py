@@ -79,7 +79,8 @@ def test_every_kernel_and_launch_path_is_rehearsed(rehearsal):
     assert launched == defined, f"never rehearsed: {defined - launched}; unknown: {launched - defined}"
     scenarios = rehearsal["scenarios"]
     for word in ["fp32", "tf32", "fp16", "bf16", "fp64", "c1", "c3", *(f"b{b}" for b in (1, 7, 256, 4096, 65536)),
-                 "sgd", "momentum", "nesterov", "adam", "lenet-triton", "lenet-fused", "train-step", "ops", "int64"]:
+                 "sgd", "momentum", "nesterov", "adam", "lenet-triton", "lenet-fused", "train-step", "distributed-step", "ops",
+                 "int64"]:
         assert any(word in name.split() for name in scenarios), f"no scenario with {word}"
 
 

@@ -325,6 +325,8 @@ BAD_OPTIONS = [
     (["--data-dir", "/tmp"], "--data-dir is only read with --dataset mnist or cifar10"),
     (["--recipe", "tutorial-cifar10"], "--dataset cifar10 needs --data-dir"),
     (["--log-every", "-1"], "--log-every must be >= 0"),
+    (["--dist-backend", "gloo"], "--dist-backend is only read under torchrun"),
+    (["--dtype", "float16"], "invalid choice: 'float16'"),
 ]
 
 

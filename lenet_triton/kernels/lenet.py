@@ -539,16 +539,23 @@ def lenet_train_kernel(x_ptr, labels_ptr, parameters, steps, act_ptr, win_ptr, g
 @triton.jit
 def lenet_reduce_kernel(partial_ptr, programs, loss_partial_ptr, loss_ptr, inv_batch, grads, parameters, state1, state2,
                         steps, hyper_ptr, sizes: tl.constexpr, offsets: tl.constexpr, TOTAL: tl.constexpr,
-                        UPDATE: tl.constexpr, MOMENTUM: tl.constexpr, HAS_LOSS: tl.constexpr, ACC: tl.constexpr,
+                        ROW: tl.constexpr, LOSS_STRIDE: tl.constexpr, UPDATE: tl.constexpr, MOMENTUM: tl.constexpr,
+                        HAS_LOSS: tl.constexpr, INCREMENT_STEPS: tl.constexpr, ACC: tl.constexpr,
                         BLOCKS: tl.constexpr, LOSS_BLOCK: tl.constexpr):
-    """Sums the partial rows, in program order, into each parameter's gradient: program (b, i) owns
-    elements [b * BLOCKS[i], (b + 1) * BLOCKS[i]) of parameter i. UPDATE "none" stores the gradient in
-    grads[i]; "sgd" and "adam" apply torch.optim's update to parameters[i] in place instead, with
-    state1/state2 = momentum_buffer / (exp_avg, exp_avg_sq) and steps the Adam step counts, and
-    the hyperparameters in row i of hyper (see SGD_FIELDS, ADAM_FIELDS). MOMENTUM[i] is 0 for no
-    momentum buffer, 1 to update it, 2 to start it (torch's first step copies the gradient).
-    HAS_LOSS: program (0, 0) also writes the mean loss from the per-program loss sums."""
+    """Sums the partial rows (`programs` of them, ROW elements apart), in order, into each parameter's
+    gradient: program (b, i) owns elements [b * BLOCKS[i], (b + 1) * BLOCKS[i]) of parameter i.
+    UPDATE "none" stores the gradient in grads[i]; "sgd" and "adam" apply torch.optim's update to
+    parameters[i] in place instead, with state1/state2 = momentum_buffer / (exp_avg, exp_avg_sq) and
+    steps the Adam step counts, and the hyperparameters in row i of hyper (see SGD_FIELDS,
+    ADAM_FIELDS). MOMENTUM[i] is 0 for no momentum buffer, 1 to update it, 2 to start it (torch's
+    first step copies the gradient). HAS_LOSS: program (0, 0) also writes the mean loss from the
+    loss sums (LOSS_STRIDE elements apart). INCREMENT_STEPS (with UPDATE "none", ahead of a later
+    update): program (0, 0) adds 1 to every Adam step count."""
     block, seg = tl.program_id(0), tl.program_id(1)
+    if INCREMENT_STEPS:
+        if (block == 0) & (seg == 0):
+            for i in tl.static_range(NUM_PARAMS):
+                tl.store(steps[i], tl.load(steps[i]) + 1)
     for i in tl.static_range(NUM_PARAMS):
         if seg == i:
             BLOCK: tl.constexpr = BLOCKS[i]
@@ -556,7 +563,7 @@ def lenet_reduce_kernel(partial_ptr, programs, loss_partial_ptr, loss_ptr, inv_b
             mask = offs < sizes[i]
             grad = tl.zeros((BLOCK,), ACC)
             for p in range(0, programs):
-                grad += tl.load(partial_ptr + p * TOTAL + offsets[i] + offs, mask=mask, other=0.0)
+                grad += tl.load(partial_ptr + p * ROW + offsets[i] + offs, mask=mask, other=0.0)
             if UPDATE == "none":
                 tl.store(grads[i] + offs, grad.to(grads[i].dtype.element_ty), mask=mask)
             else:
@@ -595,7 +602,7 @@ def lenet_reduce_kernel(partial_ptr, programs, loss_partial_ptr, loss_ptr, inv_b
             total = tl.zeros((LOSS_BLOCK,), ACC)
             for p0 in range(0, programs, LOSS_BLOCK):
                 at = p0 + tl.arange(0, LOSS_BLOCK)
-                total += tl.load(loss_partial_ptr + at, mask=at < programs, other=0.0)
+                total += tl.load(loss_partial_ptr + at * LOSS_STRIDE, mask=at < programs, other=0.0)
             tl.store(loss_ptr, (tl.sum(total, axis=0) * inv_batch).to(loss_ptr.dtype.element_ty))
 
 
@@ -650,14 +657,15 @@ def forward(x, parameters, logits, act, win):
 
 
 def _reduce(partial, programs, grads, parameters, state1, state2, steps, hyper, sizes, update, momentum, loss_partial,
-            loss, inv_batch, plan):
+            loss, inv_batch, plan, row=None, loss_stride=1, increment_steps=False):
     # Each parameter in blocks of the plan's size, or of its own size rounded up to a power of two
     # when it is smaller: no program loads a block that is mostly past its parameter's end.
     blocks = tuple(min(plan.reduce_block, config.next_power_of_2(size)) for size in sizes)
     lenet_reduce_kernel[(config.cdiv(max(sizes), plan.reduce_block), NUM_PARAMS.value)](
         partial, programs, loss_partial, loss, inv_batch, tuple(grads), tuple(parameters), tuple(state1), tuple(state2),
-        tuple(steps), hyper, sizes=sizes, offsets=param_offsets(sizes), TOTAL=sum(sizes), UPDATE=update,
-        MOMENTUM=momentum, HAS_LOSS=loss is not None, ACC=config.accumulator_dtype(partial.dtype), BLOCKS=blocks,
+        tuple(steps), hyper, sizes=sizes, offsets=param_offsets(sizes), TOTAL=sum(sizes), ROW=row or sum(sizes),
+        LOSS_STRIDE=loss_stride, UPDATE=update, MOMENTUM=momentum, HAS_LOSS=loss is not None,
+        INCREMENT_STEPS=increment_steps, ACC=config.accumulator_dtype(partial.dtype), BLOCKS=blocks,
         LOSS_BLOCK=plan.loss_block, **config.LAUNCH_OPTIONS["lenet"])
 
 
@@ -695,15 +703,51 @@ class TrainBuffers:
         self.loss = torch.empty((), dtype=like.dtype, device=like.device)
 
 
+def _train_partials(x, labels, parameters, buffers, steps, inv_batch, increment_steps):
+    plan = buffers.plan
+    lenet_train_kernel[(plan.programs,)](
+        x, labels, tuple(parameters), tuple(steps), buffers.act, buffers.win, buffers.grad, buffers.partial,
+        buffers.loss_partial, buffers.batch, inv_batch, offsets=param_offsets(buffers.sizes),
+        TOTAL=sum(buffers.sizes), INCREMENT_STEPS=increment_steps, GRAD_STRIDE=buffers.grad.shape[1],
+        **_tile_args(plan, TILE, buffers.in_channels, buffers.num_classes, x.dtype))
+
+
 def train_step(x, labels, parameters, buffers, update, state1, state2, steps, hyper, momentum):
     """One step of mean cross-entropy training: forward, loss, backward and the optimizer update
     (update "sgd" or "adam", see lenet_reduce_kernel) in two launches; the loss lands in buffers.loss."""
     plan, batch = buffers.plan, buffers.batch
     parameters = tuple(parameters)
-    lenet_train_kernel[(plan.programs,)](
-        x, labels, parameters, tuple(steps), buffers.act, buffers.win, buffers.grad, buffers.partial,
-        buffers.loss_partial, batch, 1.0 / batch, offsets=param_offsets(buffers.sizes),
-        TOTAL=sum(buffers.sizes), INCREMENT_STEPS=update == "adam", GRAD_STRIDE=buffers.grad.shape[1],
-        **_tile_args(plan, TILE, buffers.in_channels, buffers.num_classes, x.dtype))
+    _train_partials(x, labels, parameters, buffers, steps, 1.0 / batch, increment_steps=update == "adam")
     _reduce(buffers.partial, plan.programs, parameters, parameters, state1, state2, steps, hyper, buffers.sizes, update,
             momentum, buffers.loss_partial, buffers.loss, 1.0 / batch, plan)
+
+
+def rank_row(x, labels, parameters, buffers, row, steps, global_batch, increment_steps):
+    """A rank's part of a distributed step, in one or two launches: its samples' gradient of the
+    global batch's mean loss (scaled by 1 / global_batch) into row[:TOTAL] and their loss into
+    row[TOTAL]. buffers is None for a rank with no samples (row then holds zeros). With
+    increment_steps, every Adam step count goes up by 1, once per step on every rank."""
+    parameters = tuple(parameters)
+    sizes = param_sizes(x.shape[1], parameters[-1].numel())
+    plan = buffers.plan if buffers is not None else config.lenet_plan(1, x.shape[1], x.dtype)
+    if buffers is not None:
+        _train_partials(x, labels, parameters, buffers, steps, 1.0 / global_batch, increment_steps=False)
+    grads = _row_views(row, parameters, sizes)
+    partial, loss_partial = (buffers.partial, buffers.loss_partial) if buffers is not None else (row, row)
+    _reduce(partial, plan.programs if buffers is not None else 0, grads, parameters, parameters, parameters, steps, row,
+            sizes, "none", (0,) * NUM_PARAMS.value, loss_partial, row[-1], 1.0 / global_batch, plan,
+            increment_steps=increment_steps)
+
+
+def apply_rows(rows, parameters, state1, state2, steps, hyper, update, momentum, loss, plan, sizes):
+    """The update from every rank's row (rows: (ranks, TOTAL + 1), summed in rank order, so that each
+    rank computes the same bits), and the global mean loss into loss."""
+    total = sum(sizes)
+    parameters = tuple(parameters)
+    _reduce(rows, rows.shape[0], parameters, parameters, state1, state2, steps, hyper, sizes, update, momentum,
+            rows.view(-1)[total:], loss, 1.0, plan, row=total + 1, loss_stride=total + 1)
+
+
+def _row_views(row, parameters, sizes):
+    """Views of a flat gradient row shaped like each parameter."""
+    return tuple(row[at:at + size].view(p.shape) for at, size, p in zip(param_offsets(sizes), sizes, parameters))
