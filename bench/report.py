@@ -104,6 +104,38 @@ def _interpreter_summary(rows) -> list:
     return lines + [""]
 
 
+# The README's headline table: (row label, benchmark group), and (column label, variants in order of
+# preference: the first one timed fills the cell).
+HEADLINE_ROWS = (("training step, batch 64", "train step, batch 64"), ("inference, batch 1", "inference, batch 1"),
+                 ("inference, batch 64", "inference, batch 64"))
+HEADLINE_COLUMNS = (("eager PyTorch", ("eager",)), ("torch.compile", ("compile-default",)),
+                    ("onnxruntime", ("onnxruntime-cpu",)), ("Triton per-op", ("triton",)), ("Triton fused", ("fused",)),
+                    ("TrainStep", ("fused-step",)))
+
+
+def headline(rows) -> str:
+    """The README's headline table from a run's rows: each cell the median, and beside a Triton or
+    onnxruntime row its time against eager's ("118x slower", "7.07x")."""
+    interpreter = any(r.get("interpreter") for r in rows)
+    lines = ["| | " + " | ".join(label + (" (interpreter)" if interpreter and variants.runs_triton(wanted[0]) else "")
+                                 for label, wanted in HEADLINE_COLUMNS) + " |",
+             "| --- |" + " ---: |" * len(HEADLINE_COLUMNS)]
+    for label, group in HEADLINE_ROWS:
+        by_variant = {r["variant"]: r for r in rows if r["group"] == group}
+        eager = by_variant.get(variants.BASELINE)
+        cells = []
+        for _, wanted in HEADLINE_COLUMNS:
+            r = next((by_variant[v] for v in wanted if v in by_variant), None)
+            if r is None:
+                cells.append("-")
+            elif r is eager or eager is None:
+                cells.append(_fmt_time(r["median"]))
+            else:
+                cells.append(f"{_fmt_time(r['median'])} ({_speedup(eager['median'], r['median'])})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render(rows) -> str:
     first = rows[0]
     lines = [f"# lenet_triton benchmark: {first['device']}", "",

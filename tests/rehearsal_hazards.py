@@ -52,6 +52,7 @@ def cases():
         "undeclared keyword": (lambda: sound_kernel[(4,)](x, y, 1000, BLOCK=256, BLOCK_KD=32),
                                "Keyword argument BLOCK_KD"),
         "plain-int global": (lambda: plain_int_global_kernel[(1,)](x), "global variable"),
+        "too many threads": (lambda: sound_kernel[(4,)](x, y, 1000, BLOCK=2048, num_warps=64), "threads"),
         "too much shared memory": (lambda: huge_shared_memory_kernel[(1,)](
             torch.empty(128, 4096), torch.empty(4096, 128), torch.empty(128, 128), BLOCK=128, num_stages=4),
             "shared memory"),
