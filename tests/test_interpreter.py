@@ -66,7 +66,7 @@ def test_the_probe_proves_each_adjustment_took_effect(adjustments):
 def test_a_failing_probe_stops_the_import_and_says_how_to_go_on(adjustments, monkeypatch):
     from lenet_triton.kernels import probe
 
-    monkeypatch.setattr(probe, "probe_adjustments", lambda: "the probe kernel gave [0.0], expected [1.0]")
+    monkeypatch.setattr(probe, "probe_adjustments", lambda adjusted: "the probe kernel gave [0.0], expected [1.0]")
     with pytest.raises(ImportError, match=r"do not work on triton 3\.9\.1 \(the probe kernel gave \[0\.0\].*"
                                           r"Set LENET_TRITON_INTERPRETER_ADJUSTMENTS=none"):
         triton_mode._adjust_interpreter("3.9.1")
