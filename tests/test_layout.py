@@ -99,3 +99,13 @@ def test_the_layers_only_import_downwards():
                 above = [target for target in imported if any(target.startswith(layer) for layer in layers[
                     layers.index(upper):])]
                 assert not above, f"{name} imports {above}, a layer above it"
+
+
+def test_the_former_module_names_still_import_the_same_objects():
+    """lenet_triton.data and lenet_triton.cifar10 became lenet_triton.datasets; old imports still work."""
+    from lenet_triton import cifar10, data, datasets
+    from lenet_triton.datasets import cifar10 as moved
+
+    assert all(getattr(data, name) is getattr(datasets, name) for name in datasets.__all__)
+    assert all(getattr(cifar10, name) is getattr(moved, name) for name in cifar10.__all__)
+    assert data.load is datasets.load and cifar10.load_cifar10 is moved.load_cifar10
