@@ -112,3 +112,17 @@ def test_every_documented_cli_option_exists():
             assert not missing, f"{page.name}: `{line.strip()}`: python -m {' '.join(command)} has no {missing}"
             checked += 1
     assert checked >= 5
+
+
+# The fenced commands that need no GPU, no data download and little time, run as written.
+RUN_AS_WRITTEN = ["python -m lenet_triton.train --help", "python -m export --help", "python -m bench run --collect-only",
+                  "python -m bench.rehearsal --list"]
+
+
+@pytest.mark.parametrize("command", RUN_AS_WRITTEN)
+def test_listed_commands_run_as_written(command):
+    documented = {line.split("#")[0].strip() for page in PAGES for line in fenced_lines(page)}
+    assert command in documented, f"`{command}` is in no fenced block of README.md or docs/"
+    done = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
