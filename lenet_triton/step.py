@@ -130,6 +130,9 @@ class TrainStep:
         if type(global_batch) is not int or global_batch < max(batch, 1):
             raise ValueError(f"TrainStep: global_batch must be an int of at least the {batch} samples given (and at "
                              f"least 1), got {global_batch!r}")
+        if self.group is None and global_batch != batch:
+            raise ValueError(f"TrainStep: global_batch {global_batch} is not the {batch} samples given; in one "
+                             "process the batch is the global batch (pass group= to step across ranks)")
         buffers = self._buffers.get(batch)
         if buffers is None and batch > 0:
             buffers = self._buffers[batch] = fused.TrainBuffers(batch, images.shape[1], params[8].shape[0],
@@ -158,9 +161,7 @@ class TrainStep:
             dist.all_gather(list(rows), row, group=self.group)
         else:
             dist.all_reduce(row, group=self.group)
-        plan = buffers.plan if buffers is not None else config.lenet_plan(1, images.shape[1], images.dtype)
-        fused.apply_rows(rows, params, state1, state2, steps, self._hyper, self.update, momentum, self._loss, plan,
-                         fused.param_sizes(images.shape[1], params[9].numel()))
+        fused.apply_rows(rows, params, state1, state2, steps, self._hyper, self.update, momentum, self._loss)
         return self._loss
 
     def _exchange_buffers(self, params):

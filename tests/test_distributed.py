@@ -127,6 +127,22 @@ def test_a_global_batch_smaller_than_the_world_and_nccl_without_cuda_are_refused
     assert distributed.choose_backend(None, torch.device("cpu")) == "gloo"
 
 
+
+@pytest.mark.torch_only
+def test_train_step_refuses_a_global_batch_that_does_not_fit():
+    """In one process the batch is the global batch; a global batch is an int of at least the samples
+    given. Refused before any kernel runs (the torch_only guard would catch a launch)."""
+    from lenet_triton import LeNet, TrainStep
+
+    model = LeNet(backend="fused")
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), group=None)
+    images, labels = torch.randn(4, 1, 32, 32), torch.randint(0, 10, (4,))
+    with pytest.raises(ValueError, match="global_batch 8 is not the 4 samples given; in one process"):
+        step(images, labels, global_batch=8)
+    for bad in (3, 4.0):
+        with pytest.raises(ValueError, match="global_batch must be an int of at least the 4 samples given"):
+            step(images, labels, global_batch=bad)
+
 # ------------------------------------------------------------------------------------------------
 # torchrun around the training CLI (torch backend: no kernel runs)
 # ------------------------------------------------------------------------------------------------

@@ -722,28 +722,36 @@ def train_step(x, labels, parameters, buffers, update, state1, state2, steps, hy
             momentum, buffers.loss_partial, buffers.loss, 1.0 / batch, plan)
 
 
+def _sizes_and_reduce_plan(parameters):
+    """LeNet's parameter sizes, and a plan for lenet_reduce_kernel alone: its blocks do not depend on
+    the batch, so every rank reduces the same way whatever its share of the batch."""
+    conv1_weight = parameters[0]
+    sizes = param_sizes(conv1_weight.shape[1], parameters[-1].numel())
+    return sizes, config.lenet_plan(1, conv1_weight.shape[1], conv1_weight.dtype)
+
+
 def rank_row(x, labels, parameters, buffers, row, steps, global_batch, increment_steps):
     """A rank's part of a distributed step, in one or two launches: its samples' gradient of the
     global batch's mean loss (scaled by 1 / global_batch) into row[:TOTAL] and their loss into
     row[TOTAL]. buffers is None for a rank with no samples (row then holds zeros). With
     increment_steps, every Adam step count goes up by 1, once per step on every rank."""
     parameters = tuple(parameters)
-    sizes = param_sizes(x.shape[1], parameters[-1].numel())
-    plan = buffers.plan if buffers is not None else config.lenet_plan(1, x.shape[1], x.dtype)
+    sizes, plan = _sizes_and_reduce_plan(parameters)
     if buffers is not None:
         _train_partials(x, labels, parameters, buffers, steps, 1.0 / global_batch, increment_steps=False)
     grads = _row_views(row, parameters, sizes)
-    partial, loss_partial = (buffers.partial, buffers.loss_partial) if buffers is not None else (row, row)
-    _reduce(partial, plan.programs if buffers is not None else 0, grads, parameters, parameters, parameters, steps, row,
-            sizes, "none", (0,) * NUM_PARAMS.value, loss_partial, row[-1], 1.0 / global_batch, plan,
-            increment_steps=increment_steps)
+    programs, partial, loss_partial = ((buffers.plan.programs, buffers.partial, buffers.loss_partial)
+                                       if buffers is not None else (0, row, row))
+    _reduce(partial, programs, grads, parameters, parameters, parameters, steps, row, sizes, "none",
+            (0,) * NUM_PARAMS.value, loss_partial, row[-1], 1.0 / global_batch, plan, increment_steps=increment_steps)
 
 
-def apply_rows(rows, parameters, state1, state2, steps, hyper, update, momentum, loss, plan, sizes):
+def apply_rows(rows, parameters, state1, state2, steps, hyper, update, momentum, loss):
     """The update from every rank's row (rows: (ranks, TOTAL + 1), summed in rank order, so that each
     rank computes the same bits), and the global mean loss into loss."""
-    total = sum(sizes)
     parameters = tuple(parameters)
+    sizes, plan = _sizes_and_reduce_plan(parameters)
+    total = sum(sizes)
     _reduce(rows, rows.shape[0], parameters, parameters, state1, state2, steps, hyper, sizes, update, momentum,
             rows.view(-1)[total:], loss, 1.0, plan, row=total + 1, loss_stride=total + 1)
 
